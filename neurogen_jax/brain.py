@@ -1,0 +1,265 @@
+"""The brain as pure functions: `init`, `cognitive_step`, `run_sequence`.
+
+Shapes: B streams, N neurons, R = N/T row blocks with K tiles of T x T, D embedding
+dimension, V vocabulary, Nin input neurons (the input areas, first in N), Nr readout
+(Broca) neurons, P phases, A areas.
+
+Weights (`Params`) are shared by all streams; `BrainState` holds per-stream dynamics
+[B, N] plus per-neuron homeostatic state [N] that all streams update together.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from neurogen_jax import ops, readout
+from neurogen_jax.config import BrainConfig
+from neurogen_jax.connectivity import Connectivity, build_connectivity, init_tiles
+from neurogen_jax.neurons import NeuronState, init_neuron_state, neuron_step, pseudo_derivative
+from neurogen_jax.phases import PhaseTable, phase_table
+
+# How sharply the basal ganglia's Go-NoGo difference opens Broca's gate.
+BG_GATE_SLOPE = 4.0
+
+
+class Params(NamedTuple):
+  """Shared parameters.
+
+  tiles: w_RxKxTxT pathway weight magnitudes (>= 0), learned by plasticity (or bptt).
+  w_in: w_DxNin token embedding -> input-area drive.
+  embed: e_VxD token embedding (tied with the readout).
+  w_out: w_NrxD readout of Broca's normalised traces.
+  b_out: b_V readout bias.
+  conn: static block-sparse structure (not trained).
+  """
+
+  tiles: jax.Array
+  w_in: jax.Array
+  embed: jax.Array
+  w_out: jax.Array
+  b_out: jax.Array
+  conn: Connectivity
+
+
+class BrainState(NamedTuple):
+  """Per-stream dynamics and homeostatic state.
+
+  neurons: NeuronState, each [B, N].
+  theta_N: homeostatic threshold offset per neuron (shared by streams).
+  rate_N: running mean spikes per tick per neuron (homeostasis, statistics).
+  thal_gate_B: last thalamic gate (signal-to-noise of the token drive), in [0.5, 1].
+  bg_gate_B: last basal-ganglia gate on Broca, in (0, 2).
+  tokens: tokens processed per stream (int32 scalar).
+  """
+
+  neurons: NeuronState
+  theta_N: jax.Array
+  rate_N: jax.Array
+  thal_gate_B: jax.Array
+  bg_gate_B: jax.Array
+  tokens: jax.Array
+
+
+class StepAux(NamedTuple):
+  """What one cognitive step reports besides logits.
+
+  features_BxNr: Broca traces averaged over the read phase (the readout's input).
+  rates_PxA: spikes per neuron per tick in each phase and area (mean over streams).
+  pre_BxN: pre-synaptic trace averaged over learning ticks (plasticity factor).
+  post_BxN: surrogate pseudo-derivative averaged over learning ticks (e-prop factor).
+  spikes_BxN: spike count of the token.
+  raster_TxS: spikes of stream 0 for a strided neuron sample per tick (when asked).
+  """
+
+  features_BxNr: jax.Array
+  rates_PxA: jax.Array
+  pre_BxN: jax.Array
+  post_BxN: jax.Array
+  spikes_BxN: jax.Array
+  raster_TxS: jax.Array | None
+
+
+def init_params(config: BrainConfig, key: jax.Array) -> Params:
+  k_conn, k_tiles, k_in, k_emb = jax.random.split(key, 4)
+  conn = build_connectivity(config, k_conn)
+  d, v = config.embedding_dim, config.vocab_size
+  return Params(
+      tiles=init_tiles(config, conn, k_tiles),
+      w_in=jax.random.normal(k_in, (d, config.input_size), jnp.float32)
+      * (config.input_scale / np.sqrt(d)),
+      embed=jax.random.normal(k_emb, (v, d), jnp.float32),
+      w_out=jnp.zeros((config.readout_size, d), jnp.float32),
+      b_out=jnp.full((v,), -np.log(v), jnp.float32),
+      conn=conn,
+  )
+
+
+def init_state(config: BrainConfig, batch: int) -> BrainState:
+  n = config.num_neurons
+  return BrainState(
+      neurons=init_neuron_state(config, batch),
+      theta_N=jnp.zeros((n,), jnp.float32),
+      rate_N=jnp.full((n,), config.target_rate, jnp.float32),
+      thal_gate_B=jnp.ones((batch,), jnp.float32),
+      bg_gate_B=jnp.ones((batch,), jnp.float32),
+      tokens=jnp.zeros((), jnp.int32),
+  )
+
+
+def init(config: BrainConfig, key: jax.Array, batch: int = 1) -> tuple[Params, BrainState]:
+  """Fresh parameters and state for `batch` streams. Deterministic in `key`."""
+  return init_params(config, key), init_state(config, batch)
+
+
+def _area_mean(x_BxN: jax.Array, config: BrainConfig) -> jax.Array:
+  """[B, N] -> [A]: mean over streams and over each area's neurons (static slices)."""
+  return jnp.stack([jnp.mean(x_BxN[:, config.area_slice(a)]) for a in config.area_names])
+
+
+def thalamic_gate(config: BrainConfig, drive_BxNin: jax.Array, i_BxN: jax.Array) -> jax.Array:
+  """Signal-to-noise of the token drive against ongoing thalamic current: [B] in [0.5, 1]."""
+  if "thalamus" not in config.area_names:
+    return jnp.ones(drive_BxNin.shape[:1], jnp.float32)
+  sl = config.area_slice("thalamus")
+  signal = jnp.sqrt(jnp.mean(jnp.square(drive_BxNin[:, sl]), axis=-1))
+  noise = jnp.sqrt(jnp.mean(jnp.square(i_BxN[:, sl]), axis=-1))
+  snr = signal / (noise + 1e-3)
+  return 0.5 + 0.5 * snr / (1.0 + snr)
+
+
+def basal_ganglia_gate(config: BrainConfig, tr_BxN: jax.Array) -> jax.Array:
+  """Go (first half of the basal ganglia) vs No-Go (second half) traces -> [B] gate in (0, 2)."""
+  if "basal_ganglia" not in config.area_names:
+    return jnp.ones(tr_BxN.shape[:1], jnp.float32)
+  sl = config.area_slice("basal_ganglia")
+  half = (sl.stop - sl.start) // 2
+  go = jnp.mean(tr_BxN[:, sl.start:sl.start + half], axis=-1)
+  nogo = jnp.mean(tr_BxN[:, sl.start + half:sl.stop], axis=-1)
+  return 2.0 * jax.nn.sigmoid(BG_GATE_SLOPE * (go - nogo) / (go + nogo + 1e-3))
+
+
+class _Acc(NamedTuple):
+  read_BxNr: jax.Array
+  pre_BxN: jax.Array
+  post_BxN: jax.Array
+  spikes_BxN: jax.Array
+  learn_ticks_N: jax.Array
+  read_ticks: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("config", "collect", "raster_stride"))
+def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, config: BrainConfig,
+                   collect: bool = True, raster_stride: int = 0
+                   ) -> tuple[BrainState, jax.Array, StepAux]:
+  """One token = one five-phase cognitive cycle.
+
+  Args:
+    params, state: as from `init`.
+    token_ids_B: int token of each stream, in [0, vocab_size).
+    config: static BrainConfig.
+    collect: accumulate the plasticity factors (pre/post/spike counts); off saves work.
+    raster_stride: >0 records stream 0's spikes of every `raster_stride`-th neuron per tick.
+  Returns:
+    (new state, logits_BxV, StepAux).
+  """
+  conn = params.conn
+  table = phase_table(config, conn)
+  n_in, t = config.input_size, config.tile
+  broca = config.area_slice(config.readout_area)
+  bsz = token_ids_B.shape[0]
+
+  x_BxD = params.embed[token_ids_B]
+  drive_BxNin = x_BxD @ params.w_in
+  thal_gate_B = thalamic_gate(config, drive_BxNin, state.neurons.i)
+  drive_BxNin = drive_BxNin * thal_gate_B[:, None]
+  sign_N = conn.sign_N.astype(params.tiles.dtype)
+
+  def tick(carry, row):
+    ns, acc, bg_gate_B = carry
+    input_gain_Nin, gain_RxK, learn_N, read, bg_on = row
+    cur_BxN = ops.propagate(ns.s.astype(sign_N.dtype) * sign_N, params.tiles, conn.col_RxK, gain_RxK,
+                            config.implementation)
+    gate_B = jnp.where(bg_on > 0, basal_ganglia_gate(config, ns.tr), 1.0)
+    cur_BxN = cur_BxN.at[:, broca].multiply(gate_B[:, None])
+    cur_BxN = cur_BxN.at[:, :n_in].add(drive_BxNin * input_gain_Nin)
+    ns, x_BxN = neuron_step(config, ns, cur_BxN, state.theta_N)
+    if collect:
+      acc = acc._replace(
+          pre_BxN=acc.pre_BxN + ns.tr * learn_N,
+          post_BxN=acc.post_BxN + pseudo_derivative(x_BxN, config.surrogate_width) * learn_N,
+          spikes_BxN=acc.spikes_BxN + ns.s,
+          learn_ticks_N=acc.learn_ticks_N + learn_N,
+      )
+    acc = acc._replace(read_BxNr=acc.read_BxNr + ns.tr[:, broca] * read, read_ticks=acc.read_ticks + read)
+    area_rate_A = _area_mean(ns.s, config)
+    raster = ns.s[0, ::raster_stride] if raster_stride else jnp.zeros((0,), ns.s.dtype)
+    return (ns, acc, jnp.where(bg_on > 0, gate_B, bg_gate_B)), (area_rate_A, raster)
+
+  def phase(carry, ph):
+    ticks, input_gain_Nin, gain_RxK, learn_N, read, bg_on = ph
+    row = (input_gain_Nin, gain_RxK, learn_N, read, bg_on)
+
+    def body(c, tick_index):
+      def active(c):
+        c, (rate_A, raster) = tick(c, row)
+        return c, (rate_A, raster, 1.0)
+
+      def idle(c):
+        n_raster = len(range(0, config.num_neurons, raster_stride)) if raster_stride else 0
+        return c, (jnp.zeros((len(config.areas),), jnp.float32), jnp.zeros((n_raster,), jnp.float32), 0.0)
+
+      return jax.lax.cond(tick_index < ticks, active, idle, c)
+
+    carry, (rates_TxA, raster_TxS, on_T) = jax.lax.scan(body, carry, jnp.arange(config.max_phase_ticks))
+    phase_rate_A = jnp.sum(rates_TxA, axis=0) / jnp.maximum(jnp.sum(on_T), 1.0)
+    return carry, (phase_rate_A, raster_TxS, on_T)
+
+  n, nr = config.num_neurons, config.readout_size
+  z = lambda *s: jnp.zeros(s, jnp.float32)
+  if collect:
+    acc0 = _Acc(z(bsz, nr), z(bsz, n), z(bsz, n), z(bsz, n), z(n), z())
+  else:
+    acc0 = _Acc(z(bsz, nr), z(0, 0), z(0, 0), z(0, 0), z(0), z())
+  xs = (table.ticks_P, table.input_gain_PxNin, table.gain_PxRxK, table.learn_PxN, table.read_P,
+        table.bg_gate_P)
+  (ns, acc, bg_gate_B), (rates_PxA, raster_PxTxS, on_PxT) = jax.lax.scan(
+      phase, (state.neurons, acc0, state.bg_gate_B), xs)
+
+  features_BxNr = acc.read_BxNr / jnp.maximum(acc.read_ticks, 1.0)
+  logits_BxV = readout.logits(params.embed, params.w_out, params.b_out, features_BxNr)
+  if collect:
+    denom_N = jnp.maximum(acc.learn_ticks_N, 1.0)
+    pre_BxN, post_BxN, spikes_BxN = acc.pre_BxN / denom_N, acc.post_BxN / denom_N, acc.spikes_BxN
+  else:
+    pre_BxN = post_BxN = spikes_BxN = jnp.zeros((0, 0), jnp.float32)
+  raster_TxS = None
+  if raster_stride:
+    keep = np.asarray([tk < ph.ticks for ph in config.phases for tk in range(config.max_phase_ticks)])
+    raster_TxS = raster_PxTxS.reshape(-1, raster_PxTxS.shape[-1])[np.flatnonzero(keep)]
+  new_state = state._replace(neurons=ns, thal_gate_B=thal_gate_B, bg_gate_B=bg_gate_B,
+                             tokens=state.tokens + 1)
+  aux = StepAux(features_BxNr=features_BxNr, rates_PxA=rates_PxA, pre_BxN=pre_BxN,
+                post_BxN=post_BxN, spikes_BxN=spikes_BxN, raster_TxS=raster_TxS)
+  return new_state, logits_BxV, aux
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def run_sequence(params: Params, state: BrainState, tokens_BxL: jax.Array, config: BrainConfig
+                 ) -> tuple[BrainState, jax.Array, jax.Array]:
+  """Scans `cognitive_step` over L tokens.
+
+  Returns (state, logits_BxLxV, rates_LxPxA). For long sequences and large vocabularies
+  prefer a loss computed inside the scan (see `train.sequence_loss`), which never holds
+  B x L x V logits.
+  """
+  def body(st, tok_B):
+    st, logits_BxV, aux = cognitive_step(params, st, tok_B, config, collect=False)
+    return st, (logits_BxV, aux.rates_PxA)
+
+  state, (logits_LxBxV, rates_LxPxA) = jax.lax.scan(body, state, tokens_BxL.T)
+  return state, jnp.swapaxes(logits_LxBxV, 0, 1), rates_LxPxA

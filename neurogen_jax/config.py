@@ -1,0 +1,266 @@
+"""Brain configuration: areas, pathways, the five-phase table and neuron constants.
+
+Everything here is a frozen dataclass, hashable, so a `BrainConfig` can be a static
+argument of `jax.jit`. Sizes are the seed's numbers at `scale=1`; every area scales
+by the one `scale` factor and is rounded to whole tiles of `tile` neurons.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+AREA_NAMES = ("thalamus", "wernicke", "broca", "hippocampus", "pfc", "basal_ganglia")
+PHASE_NAMES = ("sensation", "perception", "integration", "selection", "action")
+
+
+@dataclasses.dataclass(frozen=True)
+class AreaSpec:
+  """One brain area: `size` neurons at scale 1, a fraction of them excitatory (Dale's law)."""
+
+  name: str
+  size: int
+  excitatory_fraction: float = 0.8
+
+
+@dataclasses.dataclass(frozen=True)
+class PathwaySpec:
+  """A projection `source -> target` with a scalar gain.
+
+  `share` is this pathway's part of the target's fan-in (in tiles, relative to the other
+  pathways into the same target). A negative gain makes the whole projection inhibitory
+  (the PFC->thalamus feedback, di-synaptic inhibition through thalamic interneurons).
+  """
+
+  source: str
+  target: str
+  gain: float
+  share: float = 1.0
+
+  @property
+  def name(self) -> str:
+    return f"{self.source}->{self.target}"
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseSpec:
+  """One row of the phase table.
+
+  ticks: simulation ticks of this phase (dt_ms each).
+  input_gain: token-drive gain per area (order of `BrainConfig.areas`).
+  pathway_gain: multiplier per pathway (order of `BrainConfig.pathways`) on top of its gain.
+  learn: per area, whether plasticity accumulates eligibility during this phase.
+  read: whether Broca's traces are read out in this phase.
+  bg_gate: whether the basal-ganglia Go/No-Go gate scales Broca's input in this phase.
+  """
+
+  name: str
+  ticks: int
+  input_gain: tuple[float, ...]
+  pathway_gain: tuple[float, ...]
+  learn: tuple[bool, ...]
+  read: bool = False
+  bg_gate: bool = False
+
+
+# The ten named pathways of the seed, with its gains; recurrence inside each area follows.
+SEED_PATHWAYS = (
+    PathwaySpec("thalamus", "wernicke", 1.0, share=2.0),
+    PathwaySpec("wernicke", "pfc", 0.8, share=2.0),
+    PathwaySpec("wernicke", "hippocampus", 0.9, share=2.0),
+    PathwaySpec("hippocampus", "pfc", 0.7, share=1.0),
+    PathwaySpec("pfc", "basal_ganglia", 1.0, share=2.0),
+    PathwaySpec("basal_ganglia", "broca", 0.5, share=1.0),
+    PathwaySpec("pfc", "broca", 0.8, share=2.0),
+    PathwaySpec("pfc", "thalamus", -0.6, share=1.0),
+    PathwaySpec("pfc", "wernicke", 0.5, share=1.0),
+    PathwaySpec("pfc", "pfc", 0.7, share=2.0),
+)
+SEED_RECURRENCE = (
+    PathwaySpec("thalamus", "thalamus", 0.5, share=1.0),
+    PathwaySpec("wernicke", "wernicke", 0.5, share=1.0),
+    PathwaySpec("broca", "broca", 0.5, share=1.0),
+    PathwaySpec("hippocampus", "hippocampus", 0.6, share=1.0),
+    PathwaySpec("basal_ganglia", "basal_ganglia", 0.5, share=1.0),
+)
+SEED_AREAS = (
+    AreaSpec("thalamus", 2048),
+    AreaSpec("wernicke", 16384),
+    AreaSpec("broca", 16384),
+    AreaSpec("hippocampus", 8192),
+    AreaSpec("pfc", 32768),
+    AreaSpec("basal_ganglia", 4096),
+)
+
+
+def seed_phases(ticks: tuple[int, ...] = (2, 4, 6, 4, 4), n_pathways: int = 15) -> tuple[PhaseSpec, ...]:
+  """The seed's timing (Sensation 0-50 ms, Perception 50-150, Integration 150-300,
+  Selection 300-400, Action 400+) as tick counts in the same 1:2:3:2:2 proportion.
+
+  The token drive enters the thalamus (and, more weakly, Wernicke) in Sensation and
+  Perception; every area learns in every phase; Broca is read in Action; the basal
+  ganglia gate Broca in Selection and Action.
+  """
+  ones = (1.0,) * n_pathways
+  learn = (True,) * len(AREA_NAMES)
+  #           thal  wern  broca hipp  pfc   bg
+  sens_in = (1.0, 0.5, 0.0, 0.0, 0.0, 0.0)
+  perc_in = (0.5, 1.0, 0.0, 0.0, 0.0, 0.0)
+  none_in = (0.0,) * len(AREA_NAMES)
+  return (
+      PhaseSpec("sensation", ticks[0], sens_in, ones, learn),
+      PhaseSpec("perception", ticks[1], perc_in, ones, learn),
+      PhaseSpec("integration", ticks[2], none_in, ones, learn),
+      PhaseSpec("selection", ticks[3], none_in, ones, learn, bg_gate=True),
+      PhaseSpec("action", ticks[4], none_in, ones, learn, read=True, bg_gate=True),
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class BrainConfig:
+  """Everything that fixes the brain's shape and dynamics (static under jit).
+
+  Units: times in ms; membrane quantities of the ALIF model are dimensionless
+  (threshold 1); Izhikevich uses mV and its own current units.
+  """
+
+  areas: tuple[AreaSpec, ...] = SEED_AREAS
+  pathways: tuple[PathwaySpec, ...] = SEED_PATHWAYS + SEED_RECURRENCE
+  phases: tuple[PhaseSpec, ...] = dataclasses.field(default_factory=seed_phases)
+  scale: float = 1.0
+  tile: int = 128
+  fan_in_tiles: int = 8
+  neuron_model: Literal["alif", "izhikevich"] = "alif"
+  # Token input reaches these areas through a learned D x N_in projection.
+  input_areas: tuple[str, ...] = ("thalamus", "wernicke")
+  readout_area: str = "broca"
+  embedding_dim: int = 512
+  vocab_size: int = 50257
+  # ALIF dynamics.
+  dt_ms: float = 5.0
+  tau_mem_ms: float = 20.0
+  tau_syn_ms: float = 10.0
+  tau_adapt_ms: float = 200.0
+  tau_trace_ms: float = 50.0
+  adapt_beta: float = 0.5
+  threshold: float = 1.0
+  surrogate_width: float = 0.5
+  # Initial weights: summed excitatory input per tick at the target rate, in threshold
+  # units (see connectivity.init_tiles); inhibitory synapses are `inhibitory_scale` x stronger.
+  weight_scale: float = 0.8
+  inhibitory_scale: float = 2.0
+  input_scale: float = 1.0
+  weight_dtype: str = "bfloat16"
+  # Izhikevich (the original's regular-spiking parameters).
+  izh_a: float = 0.02
+  izh_b: float = 0.2
+  izh_c: float = -65.0
+  izh_d: float = 8.0
+  izh_substep_ms: float = 0.5
+  izh_current_scale: float = 10.0
+  # Homeostasis target rate (spikes per tick) and band, and readout trace features.
+  target_rate: float = 0.02
+  implementation: Literal["xla", "pallas"] = "xla"
+
+  def __post_init__(self):
+    names = [a.name for a in self.areas]
+    if len(set(names)) != len(names):
+      raise ValueError(f"area names must be unique, got {names}")
+    if self.tile <= 0 or self.tile % 8:
+      raise ValueError(f"tile must be a positive multiple of 8, got {self.tile}")
+    for p in self.pathways:
+      for end in (p.source, p.target):
+        if end not in names:
+          raise ValueError(f"pathway {p.name} names area {end!r}, which is not one of {names}")
+    for ph in self.phases:
+      if len(ph.input_gain) != len(self.areas) or len(ph.learn) != len(self.areas):
+        raise ValueError(f"phase {ph.name}: input_gain/learn need one entry per area ({len(self.areas)})")
+      if len(ph.pathway_gain) != len(self.pathways):
+        raise ValueError(f"phase {ph.name}: pathway_gain needs one entry per pathway ({len(self.pathways)})")
+      if ph.ticks < 1:
+        raise ValueError(f"phase {ph.name}: ticks must be >= 1, got {ph.ticks}")
+    idx = sorted(names.index(a) for a in self.input_areas if a in names)
+    if idx != list(range(len(self.input_areas))):
+      raise ValueError(f"input_areas {self.input_areas} must be the first areas of `areas` (in order {names})")
+    for a in self.input_areas + (self.readout_area,):
+      if a not in names:
+        raise ValueError(f"area {a!r} (input/readout) is not one of {names}")
+    targets = {p.target for p in self.pathways}
+    for n in names:
+      if n not in targets:
+        raise ValueError(f"area {n!r} receives no pathway; add one (e.g. its recurrence)")
+    if self.fan_in_tiles < 1:
+      raise ValueError(f"fan_in_tiles must be >= 1, got {self.fan_in_tiles}")
+    for n, s in zip(names, self.area_sizes):
+      blocks = s // self.tile
+      if blocks < 1:
+        raise ValueError(f"area {n!r} has {s} neurons at scale {self.scale}: fewer than one tile of {self.tile}")
+    if self.neuron_model not in ("alif", "izhikevich"):
+      raise ValueError(f"neuron_model must be 'alif' or 'izhikevich', got {self.neuron_model!r}")
+    if self.implementation not in ("xla", "pallas"):
+      raise ValueError(f"implementation must be 'xla' or 'pallas', got {self.implementation!r}")
+
+  # ---- derived sizes (all static Python ints) ----
+  @property
+  def area_names(self) -> tuple[str, ...]:
+    return tuple(a.name for a in self.areas)
+
+  @property
+  def area_sizes(self) -> tuple[int, ...]:
+    """Neurons per area after scaling, rounded to whole tiles (at least one)."""
+    return tuple(max(1, round(a.size * self.scale / self.tile)) * self.tile for a in self.areas)
+
+  @property
+  def area_offsets(self) -> tuple[int, ...]:
+    offs, o = [], 0
+    for s in self.area_sizes:
+      offs.append(o)
+      o += s
+    return tuple(offs)
+
+  def area_slice(self, name: str) -> slice:
+    i = self.area_names.index(name)
+    return slice(self.area_offsets[i], self.area_offsets[i] + self.area_sizes[i])
+
+  @property
+  def num_neurons(self) -> int:
+    return sum(self.area_sizes)
+
+  @property
+  def num_blocks(self) -> int:
+    return self.num_neurons // self.tile
+
+  @property
+  def num_synapses(self) -> int:
+    return self.num_blocks * self.fan_in_tiles * self.tile * self.tile
+
+  @property
+  def input_size(self) -> int:
+    """Neurons that receive the token drive: the input areas must be the first areas."""
+    return sum(self.area_sizes[self.area_names.index(a)] for a in self.input_areas)
+
+  @property
+  def readout_size(self) -> int:
+    return self.area_sizes[self.area_names.index(self.readout_area)]
+
+  @property
+  def ticks_per_token(self) -> int:
+    return sum(p.ticks for p in self.phases)
+
+  @property
+  def max_phase_ticks(self) -> int:
+    return max(p.ticks for p in self.phases)
+
+  def decay(self, tau_ms: float) -> float:
+    return math.exp(-self.dt_ms / tau_ms)
+
+  def replace(self, **kw) -> "BrainConfig":
+    return dataclasses.replace(self, **kw)
+
+
+def tiny_config(**overrides) -> BrainConfig:
+  """A few-thousand-neuron brain for tests: scale 1/32 with 16-neuron tiles (2,496 neurons)."""
+  kw = dict(scale=1 / 32, tile=16, fan_in_tiles=8, embedding_dim=64, vocab_size=257)
+  kw.update(overrides)
+  return BrainConfig(**kw)

@@ -1,0 +1,156 @@
+"""One training step over a chunk of L tokens for B streams: brain + readout + plasticity.
+
+Two modes:
+- `local` (default): the brain runs forward only. Per token, the readout (w_out, b_out)
+  and the output side of the embedding get their cross-entropy gradient from Broca's
+  features (no gradient through the spikes); the brain's own weights (tiles, w_in) learn
+  by the local rules of `plasticity` (e-prop signal, STDP, dopamine, tagging,
+  homeostasis, replay). Gradients are summed over the chunk and applied once by optax.
+- `bptt`: surrogate-gradient truncated backprop through `cognitive_step` over the chunk,
+  for every trainable parameter (tiles and w_in included): the control that tells what
+  the local rules leave on the table.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from neurogen_jax import brain, plasticity, readout
+from neurogen_jax.brain import BrainState, Params
+from neurogen_jax.config import BrainConfig
+from neurogen_jax.plasticity import PlasticityConfig, PlasticState
+
+TRAINABLE_LOCAL = ("w_out", "b_out", "embed")
+TRAINABLE_BPTT = ("tiles", "w_in", "w_out", "b_out", "embed")
+
+
+class TrainState(NamedTuple):
+  """Everything a training run carries from chunk to chunk (all pytrees)."""
+
+  params: Params
+  opt_state: Any
+  brain_state: BrainState
+  plastic: PlasticState
+  step: jax.Array
+
+
+def trainable(params: Params, mode: str) -> dict[str, jax.Array]:
+  names = TRAINABLE_BPTT if mode == "bptt" else TRAINABLE_LOCAL
+  return {n: getattr(params, n) for n in names}
+
+
+def make_optimizer(learning_rate: float, grad_clip: float = 1.0, weight_decay: float = 0.0
+                   ) -> optax.GradientTransformation:
+  """Adam(W) with global-norm clipping; `inject_hyperparams` so the rate can be lowered live."""
+  return optax.chain(
+      optax.clip_by_global_norm(grad_clip),
+      optax.inject_hyperparams(optax.adamw)(learning_rate=learning_rate, weight_decay=weight_decay),
+  )
+
+
+def init_train_state(config: BrainConfig, pcfg: PlasticityConfig, optimizer, key: jax.Array,
+                     batch: int, mode: str = "local") -> TrainState:
+  params, bstate = brain.init(config, key, batch)
+  return TrainState(params=params, opt_state=optimizer.init(trainable(params, mode)), brain_state=bstate,
+                    plastic=plasticity.init_plastic_state(config, pcfg), step=jnp.zeros((), jnp.int32))
+
+
+def _readout_loss(p: dict, features_BxNr: jax.Array, targets_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+  logits_BxV = readout.logits(p["embed"], p["w_out"], p["b_out"], features_BxNr)
+  ce_B = readout.cross_entropy(logits_BxV, targets_B)
+  return jnp.mean(ce_B), (ce_B, logits_BxV)
+
+
+class ChunkMetrics(NamedTuple):
+  loss: jax.Array          # mean cross entropy over the chunk, nats/token
+  loss_BxL: jax.Array      # per token
+  correct_BxL: jax.Array   # top-1 hit per token
+  rates_A: jax.Array       # mean spikes/neuron/tick per area
+  plastic: dict            # plasticity statistics (dopamine, tags, ...)
+
+
+def _local_chunk(config, pcfg, ts: TrainState, inputs_BxL, targets_BxL):
+  p_train = trainable(ts.params, "local")
+  collect = pcfg.any_brain_rule
+
+  def body(carry, xs):
+    params, bstate, pstate, grads = carry
+    tok_B, tgt_B = xs
+    bstate, _, aux = brain.cognitive_step(params, bstate, tok_B, config, collect=collect)
+    feats = jax.lax.stop_gradient(aux.features_BxNr)
+    p_now = trainable(params, "local")
+    (loss, (ce_B, logits_BxV)), g = jax.value_and_grad(_readout_loss, has_aux=True)(p_now, feats, tgt_B)
+    grads = jax.tree.map(jnp.add, grads, g)
+    params, bstate, pstate, pstats = plasticity.apply(config, pcfg, params, bstate, pstate, aux,
+                                                      logits_BxV, tgt_B, ce_B, tok_B)
+    correct_B = (jnp.argmax(logits_BxV, -1) == tgt_B).astype(jnp.float32)
+    rate_A = jnp.mean(aux.rates_PxA, axis=0)
+    return (params, bstate, pstate, grads), (ce_B, correct_B, rate_A, pstats)
+
+  zeros = jax.tree.map(jnp.zeros_like, p_train)
+  (params, bstate, pstate, grads), (ce_LxB, cor_LxB, rate_LxA, pstats) = jax.lax.scan(
+      body, (ts.params, ts.brain_state, ts.plastic, zeros), (inputs_BxL.T, targets_BxL.T))
+  n_tok = inputs_BxL.shape[1]
+  grads = jax.tree.map(lambda g: g / n_tok, grads)
+  return params, bstate, pstate, grads, ce_LxB, cor_LxB, rate_LxA, pstats
+
+
+def _bptt_chunk(config, pcfg, ts: TrainState, inputs_BxL, targets_BxL):
+  def loss_fn(p_train, params, bstate):
+    params = params._replace(**p_train)
+
+    def body(bs, xs):
+      tok_B, tgt_B = xs
+      bs, logits_BxV, aux = brain.cognitive_step(params, bs, tok_B, config, collect=False)
+      ce_B = readout.cross_entropy(logits_BxV, tgt_B)
+      correct_B = (jnp.argmax(logits_BxV, -1) == tgt_B).astype(jnp.float32)
+      return bs, (ce_B, correct_B, jnp.mean(aux.rates_PxA, axis=0))
+
+    bs, (ce_LxB, cor_LxB, rate_LxA) = jax.lax.scan(body, bstate, (inputs_BxL.T, targets_BxL.T))
+    return jnp.mean(ce_LxB), (bs, ce_LxB, cor_LxB, rate_LxA)
+
+  p_train = trainable(ts.params, "bptt")
+  (_, (bstate, ce_LxB, cor_LxB, rate_LxA)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      p_train, ts.params, ts.brain_state)
+  bstate = jax.lax.stop_gradient(bstate)
+  pstats = plasticity.empty_stats(inputs_BxL.shape[1])
+  return ts.params, bstate, ts.plastic, grads, ce_LxB, cor_LxB, rate_LxA, pstats
+
+
+@functools.partial(jax.jit, static_argnames=("config", "pcfg", "optimizer", "mode"))
+def train_chunk(ts: TrainState, inputs_BxL: jax.Array, targets_BxL: jax.Array, *, config: BrainConfig,
+                pcfg: PlasticityConfig, optimizer: optax.GradientTransformation, mode: str = "local"
+                ) -> tuple[TrainState, ChunkMetrics]:
+  """Trains on one chunk: inputs/targets int32 [B, L] (targets = next tokens)."""
+  chunk = _bptt_chunk if mode == "bptt" else _local_chunk
+  params, bstate, pstate, grads, ce_LxB, cor_LxB, rate_LxA, pstats = chunk(
+      config, pcfg, ts, inputs_BxL, targets_BxL)
+  p_train = trainable(params, mode)
+  updates, opt_state = optimizer.update(grads, ts.opt_state, p_train)
+  p_train = optax.apply_updates(p_train, updates)
+  if "tiles" in p_train:  # Dale's law: magnitudes stay non-negative.
+    p_train["tiles"] = jnp.maximum(p_train["tiles"], 0).astype(params.tiles.dtype)
+  params = params._replace(**p_train)
+  metrics = ChunkMetrics(loss=jnp.mean(ce_LxB), loss_BxL=ce_LxB.T, correct_BxL=cor_LxB.T,
+                         rates_A=jnp.mean(rate_LxA, axis=0),
+                         plastic=jax.tree.map(lambda x: jnp.mean(x, axis=0), pstats))
+  return TrainState(params, opt_state, bstate, pstate, ts.step + 1), metrics
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def eval_chunk(params: Params, bstate: BrainState, inputs_BxL: jax.Array, targets_BxL: jax.Array, *,
+               config: BrainConfig) -> tuple[BrainState, jax.Array, jax.Array]:
+  """Forward only: (state, nats per token [B, L], top-1 hits [B, L]); no learning."""
+  def body(bs, xs):
+    tok_B, tgt_B = xs
+    bs, logits_BxV, _ = brain.cognitive_step(params, bs, tok_B, config, collect=False)
+    ce_B = readout.cross_entropy(logits_BxV, tgt_B)
+    return bs, (ce_B, (jnp.argmax(logits_BxV, -1) == tgt_B).astype(jnp.float32))
+
+  bstate, (ce_LxB, cor_LxB) = jax.lax.scan(body, bstate, (inputs_BxL.T, targets_BxL.T))
+  return bstate, ce_LxB.T, cor_LxB.T

@@ -1,0 +1,111 @@
+"""The one dispatch point between XLA (pure jnp) and Pallas implementations.
+
+Block-sparse layout ("ELL of blocks"): the N neurons form R = N / T row blocks of T
+neurons. Post block r receives K tiles; tile k reads pre block `col_RxK[r, k]`, and
+`w_RxKxTxT[r, k, t, u]` is the synapse from pre neuron `col[r,k]*T + t` to post
+neuron `r*T + u`. Weights are non-negative magnitudes; signs (Dale's law) ride on the
+pre-synaptic spikes and per-tile gains.
+
+Only this module chooses an implementation; kernels take arrays, never brain objects.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+
+from neurogen_jax.pallas import events as pallas_events
+from neurogen_jax.pallas import neuron_update as pallas_neuron
+from neurogen_jax.pallas import plasticity as pallas_plasticity
+from neurogen_jax.pallas import propagate as pallas_propagate
+from neurogen_jax.pallas.events import build_fanout
+from neurogen_jax.pallas.neuron_update import alif_update_reference
+from neurogen_jax.pallas.plasticity import tile_outer_reference, tile_update_reference
+from neurogen_jax.pallas.propagate import propagate_reference
+
+Implementation = Literal["xla", "pallas"]
+
+__all__ = [
+    "Implementation", "alif_update", "alif_update_reference", "build_fanout", "propagate",
+    "propagate_events", "propagate_reference", "tile_outer", "tile_outer_reference",
+    "tile_update", "tile_update_reference",
+]
+
+
+def _check(implementation: str) -> None:
+  if implementation not in ("xla", "pallas"):
+    raise ValueError(f"implementation must be 'xla' or 'pallas', got {implementation!r}")
+
+
+def _dense_propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, implementation):
+  if implementation == "pallas":
+    return pallas_propagate.propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK)
+  return propagate_reference(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK)
+
+
+def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain_RxK: jax.Array,
+              implementation: Implementation = "xla", *,
+              fanout: tuple[jax.Array, jax.Array] | None = None,
+              max_events: int | None = None) -> jax.Array:
+  """Block-sparse spike propagation (see `propagate_reference`) -> [B, N] float32.
+
+  A single stream (B == 1) goes event-driven, reading only the rows of spiking neurons:
+  with "pallas" always (no index needed); with "xla" when `fanout` (`build_fanout`) and
+  `max_events` are given (else dense). Every path is differentiable with the same grads.
+  """
+  _check(implementation)
+  if spk_BxN.shape[0] == 1 and (implementation == "pallas" or fanout is not None):
+    return propagate_events(spk_BxN[0], w_RxKxTxT, col_RxK, gain_RxK, implementation,
+                            fanout=fanout, max_events=max_events)[None]
+  return _dense_propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, implementation)
+
+
+def propagate_events(spk_N: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array,
+                     gain_RxK: jax.Array, implementation: Implementation = "xla", *,
+                     fanout: tuple[jax.Array, jax.Array] | None = None,
+                     max_events: int | None = None) -> jax.Array:
+  """Event-driven propagation of one stream's spikes spk_N [N] -> [N] float32.
+
+  "xla" needs `fanout = build_fanout(col_RxK, R)` and an event buffer `max_events`; more
+  spikes than that fall back to the dense path. "pallas" needs neither.
+  """
+  _check(implementation)
+  if implementation == "pallas":
+    return pallas_events.propagate_events_pallas(spk_N, w_RxKxTxT, col_RxK, gain_RxK)
+  if fanout is None or max_events is None:
+    raise ValueError("propagate_events with implementation='xla' needs fanout="
+                     "build_fanout(col_RxK, R) and max_events (e.g. 2 x rate x N).")
+  return pallas_events.propagate_events(spk_N, w_RxKxTxT, col_RxK, gain_RxK, fanout, max_events)
+
+
+def tile_outer(pre_BxN: jax.Array, post_BxN: jax.Array, col_RxK: jax.Array, tile: int,
+               implementation: Implementation = "xla") -> jax.Array:
+  """Block-sparse factorised outer product on the tiles (see `tile_outer_reference`)."""
+  _check(implementation)
+  if implementation == "pallas":
+    return pallas_plasticity.tile_outer(pre_BxN, post_BxN, col_RxK, tile)
+  return tile_outer_reference(pre_BxN, post_BxN, col_RxK, tile)
+
+
+def tile_update(w_RxKxTxT: jax.Array, pre_BxN: jax.Array, post_BxN: jax.Array, col_RxK: jax.Array,
+                scale: jax.Array | float, w_min: jax.Array | float, w_max: jax.Array | float,
+                implementation: Implementation = "xla") -> jax.Array:
+  """w <- clip(w + scale * tile_outer(pre, post), w_min, w_max), fused (see
+  `tile_update_reference`); scale is a scalar or [R, K]."""
+  _check(implementation)
+  if implementation == "pallas":
+    return pallas_plasticity.tile_update(w_RxKxTxT, pre_BxN, post_BxN, col_RxK, scale, w_min, w_max)
+  return tile_update_reference(w_RxKxTxT, pre_BxN, post_BxN, col_RxK, scale, w_min, w_max)
+
+
+def alif_update(v_BxN: jax.Array, i_BxN: jax.Array, a_BxN: jax.Array, tr_BxN: jax.Array,
+                cur_BxN: jax.Array, theta_N: jax.Array, *, a_s: float, a_m: float, a_a: float,
+                a_t: float, beta: float, threshold: float, width: float,
+                implementation: Implementation = "xla"):
+  """One adaptive-LIF tick -> (v, i, a, tr, s, x) (see `alif_update_reference`)."""
+  _check(implementation)
+  kw = dict(a_s=a_s, a_m=a_m, a_a=a_a, a_t=a_t, beta=beta, threshold=threshold, width=width)
+  if implementation == "pallas":
+    return pallas_neuron.alif_update(v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN, theta_N, **kw)
+  return alif_update_reference(v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN, theta_N, **kw)

@@ -1,0 +1,225 @@
+"""Block-sparse spike propagation: currents = spikes x ELL-of-blocks tiles.
+
+Layout (see `neurogen_jax.ops`): post block r reads K tiles; tile k reads pre block
+`col_RxK[r, k]`, and `w_RxKxTxT[r, k, t, u]` is the synapse from pre neuron
+`col[r,k]*T + t` to post neuron `r*T + u`.
+
+Two lowerings of one algorithm. The Pallas kernel runs one program per (batch tile, post
+block r) and loops over the K tiles of r: it loads the spike block `spk[b-tile, col[r,k]*T : +T]` by a dynamic slice
+of the whole spike array (GPU index maps cannot read `col`, so the gather happens in
+the body), multiplies it with the T x T tile on the tensor cores with float32
+accumulation, and scales by `gain[r, k]`. Weights are read once per batch tile; the
+batch tiles of one r are adjacent in the launch order so that they share the tile
+through L2.
+- "triton" (`_kernel`): dynamic-slice loads of the spike block, `jnp.dot` on the tensor
+  cores; batch tiles of 16-64 rows.
+- "mosaic_gpu" (`_mosaic_kernel`): a TMA pipeline over k (`emit_pipeline`; its index map
+  reads col[r, k] in the kernel) feeding wgmma; batch tiles of 64 rows (the wgmma M).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plmgpu
+from jax.experimental.pallas import triton as plgpu
+
+from neurogen_jax.pallas import plasticity
+from neurogen_jax.pallas.plasticity import mixed_operand
+
+# Triton's tensor-core dot needs at least 16 rows; the batch is padded up to this.
+MIN_BLOCK_B = 16
+# One Hopper warpgroup MMA covers 64 rows.
+MOSAIC_BLOCK_B = 64
+BACKENDS = ("triton", "mosaic_gpu")
+
+
+def propagate_reference(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array,
+                        gain_RxK: jax.Array) -> jax.Array:
+  """cur[b, r*T+u] = sum_k gain[r,k] sum_t spk[b, col[r,k]*T+t] w[r,k,t,u]  ->  [B, N] float32.
+
+  One gather of B x N per tile slot k (never the B x R x K x T tensor at once).
+  """
+  b = spk_BxN.shape[0]
+  r, k_slots, t, _ = w_RxKxTxT.shape
+  spk_BxRxT = spk_BxN.reshape(b, r, t).astype(w_RxKxTxT.dtype)
+  out_BxRxT = jnp.zeros((b, r, t), jnp.float32)
+  for k in range(k_slots):
+    pre_BxRxT = spk_BxRxT[:, col_RxK[:, k]]
+    w_RxTxT = w_RxKxTxT[:, k]
+    part = jnp.einsum("brt,rtu->bru", mixed_operand(pre_BxRxT), mixed_operand(w_RxTxT),
+                      preferred_element_type=jnp.float32)
+    out_BxRxT = out_BxRxT + part * gain_RxK[None, :, k, None]
+  return out_BxRxT.reshape(b, r * t)
+
+
+def batch_blocking(b: int, block_b: int | None = None) -> tuple[int, int]:
+  """(padded batch, batch tile): a power-of-two tile of at least MIN_BLOCK_B rows."""
+  if block_b is None:
+    block_b = min(64, max(MIN_BLOCK_B, pl.next_power_of_2(b)))
+  if block_b < MIN_BLOCK_B or block_b & (block_b - 1):
+    raise ValueError(f"block_b must be a power of two >= {MIN_BLOCK_B}, got {block_b}")
+  return pl.cdiv(b, block_b) * block_b, block_b
+
+
+def _kernel(col_ref, gain_ref, spk_ref, w_ref, out_ref, *, block_b: int):
+  """One (batch tile, post block r): out = sum_k gain[r,k] spk[:, col[r,k]-block] @ w[r,k]."""
+  b, r = pl.program_id(0), pl.program_id(1)
+  k_slots, tile, _ = w_ref.shape
+  rows = pl.ds(pl.multiple_of(b * block_b, block_b), block_b)
+
+  def body(k, acc):
+    start = pl.multiple_of(col_ref[r, k] * tile, tile)
+    spk = spk_ref[rows, pl.ds(start, tile)]
+    part = jnp.dot(spk, w_ref[k], preferred_element_type=jnp.float32)
+    return acc + part * gain_ref[r, k]
+
+  acc = jax.lax.fori_loop(0, k_slots, body, jnp.zeros((block_b, tile), jnp.float32))
+  out_ref[...] = acc
+
+
+def _mosaic_kernel(col_gmem, gain_gmem, spk_gmem, w_gmem, out_gmem, *, block_b: int,
+                   k_slots: int, tile: int, transforms, out_transforms):
+  """Mosaic GPU body for one (batch tile, post block r); w_gmem is [R*K*T, T]."""
+  b, r = jax.lax.axis_index("b"), jax.lax.axis_index("r")
+
+  def body(idxs, spk_smem, w_smem, acc):
+    (k,) = idxs
+
+    def tile_product(acc_ref):
+      plmgpu.wgmma(acc_ref, spk_smem, w_smem)
+      plmgpu.wgmma_wait(0)
+      return acc_ref[...]
+
+    part = pl.run_scoped(tile_product, plmgpu.ACC((block_b, tile), jnp.float32))
+    return acc + part * gain_gmem[r, k]
+
+  acc = plmgpu.emit_pipeline(
+      body,
+      grid=(k_slots,),
+      in_specs=[
+          plmgpu.BlockSpec((block_b, tile), lambda k: (b, col_gmem[r, k]), transforms=transforms),
+          plmgpu.BlockSpec((tile, tile), lambda k: (r * k_slots + k, 0), transforms=transforms),
+      ],
+      max_concurrent_steps=2,
+      init_carry=plmgpu.layout_cast(jnp.zeros((block_b, tile), jnp.float32), plmgpu.Layout.WGMMA),
+  )(spk_gmem, w_gmem)
+
+  @functools.partial(pl.run_scoped,
+                     out_smem=plmgpu.SMEM((block_b, tile), jnp.float32, transforms=out_transforms))
+  def _store(out_smem):
+    out_smem[...] = acc
+    plmgpu.commit_smem()
+    plmgpu.copy_smem_to_gmem(out_smem, out_gmem.at[pl.ds(b * block_b, block_b), pl.ds(r * tile, tile)])
+    plmgpu.wait_smem_to_gmem(0)
+
+
+def _swizzled(minor_bytes: int, itemsize: int):
+  swizzle = plmgpu.find_swizzle(minor_bytes * 8)
+  return (plmgpu.TilingTransform((8, swizzle // itemsize)), plmgpu.SwizzleTransform(swizzle))
+
+
+def _propagate_mosaic(spk, w_RxKxTxT, col_RxK, gain_RxK, block_b, interpret):
+  """Launch `_mosaic_kernel`; spk is already cast and padded to a multiple of block_b rows."""
+  b_pad, n = spk.shape
+  r, k_slots, t, _ = w_RxKxTxT.shape
+  itemsize = jnp.dtype(w_RxKxTxT.dtype).itemsize
+  kernel = functools.partial(
+      _mosaic_kernel, block_b=block_b, k_slots=k_slots, tile=t,
+      transforms=_swizzled(t * itemsize, itemsize), out_transforms=_swizzled(t * 4, 4))
+  return plmgpu.kernel(
+      kernel,
+      out_type=jax.ShapeDtypeStruct((b_pad, n), jnp.float32),
+      grid=(b_pad // block_b, r),
+      grid_names=("b", "r"),
+      compiler_params=plmgpu.CompilerParams(
+          lowering_semantics=plmgpu.LoweringSemantics.Warpgroup),
+      interpret=plmgpu.InterpretGPUParams() if interpret else False,
+  )(col_RxK.astype(jnp.int32), gain_RxK.astype(jnp.float32), spk,
+    w_RxKxTxT.reshape(r * k_slots * t, t))
+
+
+def _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, interpret):
+  if backend == "mosaic_gpu":
+    block_b = block_b or MOSAIC_BLOCK_B
+    if block_b % MOSAIC_BLOCK_B:
+      raise ValueError(f"mosaic_gpu needs block_b a multiple of {MOSAIC_BLOCK_B}, got {block_b}")
+  b, n = spk_BxN.shape
+  r, k_slots, t, _ = w_RxKxTxT.shape
+  b_pad, block_b = batch_blocking(b, block_b)
+  spk = spk_BxN.astype(w_RxKxTxT.dtype)
+  if b_pad != b:
+    spk = jnp.pad(spk, ((0, b_pad - b), (0, 0)))
+  if backend == "mosaic_gpu":
+    return _propagate_mosaic(spk, w_RxKxTxT, col_RxK, gain_RxK, block_b, interpret)[:b]
+  full = pl.BlockSpec()  # the whole array
+  out = pl.pallas_call(
+      functools.partial(_kernel, block_b=block_b),
+      grid=(b_pad // block_b, r),
+      in_specs=[
+          full,  # col
+          full,  # gain
+          full,  # spikes: sliced in the body by col
+          pl.BlockSpec((None, k_slots, t, t), lambda i, j: (j, 0, 0, 0)),
+      ],
+      out_specs=pl.BlockSpec((block_b, t), lambda i, j: (i, j)),
+      out_shape=jax.ShapeDtypeStruct((b_pad, n), jnp.float32),
+      compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=3),
+      interpret=interpret,
+      name="propagate",
+  )(col_RxK.astype(jnp.int32), gain_RxK.astype(jnp.float32), spk, w_RxKxTxT)
+  return out[:b]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, interpret):
+  return _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, interpret)
+
+
+def _propagate_fwd(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, interpret):
+  out = _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, interpret)
+  return out, (spk_BxN, w_RxKxTxT, col_RxK, gain_RxK)
+
+
+def _propagate_bwd(block_b, backend, interpret, res, g_BxN):
+  """d spk through the reference's transpose (a scatter-add); d w and d gain from the
+  block-sparse outer product spk^T g on the existing tiles (the plasticity kernel)."""
+  del block_b, backend
+  spk_BxN, w_RxKxTxT, col_RxK, gain_RxK = res
+  _, spk_vjp = jax.vjp(lambda s: propagate_reference(s, w_RxKxTxT, col_RxK, gain_RxK), spk_BxN)
+  (d_spk,) = spk_vjp(g_BxN)
+  t = w_RxKxTxT.shape[-1]
+  outer_RxKxTxT = plasticity.tile_outer(spk_BxN.astype(w_RxKxTxT.dtype), g_BxN, col_RxK, t,
+                                        interpret=interpret)
+  d_w = (outer_RxKxTxT * gain_RxK[:, :, None, None]).astype(w_RxKxTxT.dtype)
+  d_gain = jnp.sum(outer_RxKxTxT * w_RxKxTxT.astype(jnp.float32), axis=(2, 3)).astype(gain_RxK.dtype)
+  return d_spk, d_w, None, d_gain
+
+
+_propagate.defvjp(_propagate_fwd, _propagate_bwd)
+
+
+def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain_RxK: jax.Array,
+              *, block_b: int | None = None, backend: str = "triton",
+              interpret: bool = False) -> jax.Array:
+  """Pallas block-sparse propagation, the same function as `propagate_reference`.
+
+  spk_BxN: spikes with the Dale sign applied (values in {-1, 0, 1}, bf16 or f32).
+  w_RxKxTxT: tile magnitudes (bf16); col_RxK: int pre block of each tile; gain_RxK: f32.
+  block_b: batch rows per program (triton: power of two >= 16, default min(64, pow2(B));
+    mosaic_gpu: a multiple of 64, default 64).
+  backend: "triton" or "mosaic_gpu" (Hopper wgmma + TMA; see docs/KERNELS.md for which is
+    faster).
+  Returns [B, N] float32. Differentiable (custom_vjp) in spk, w and gain.
+  """
+  r, k_slots, t, t2 = w_RxKxTxT.shape
+  b, n = spk_BxN.shape
+  if t != t2 or n != r * t or col_RxK.shape != (r, k_slots) or gain_RxK.shape != (r, k_slots):
+    raise ValueError(f"propagate: inconsistent shapes spk {spk_BxN.shape}, w {w_RxKxTxT.shape}, "
+                     f"col {col_RxK.shape}, gain {gain_RxK.shape}; expected N = R*T and [R, K].")
+  if backend not in BACKENDS:
+    raise ValueError(f"propagate: backend must be one of {BACKENDS}, got {backend!r}")
+  return _propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, interpret)

@@ -1,0 +1,288 @@
+"""The brain's local learning rules, applied once per token on the existing tiles.
+
+Every weight update is factorised: dW[r,k] = sum_b pre_b[col[r,k]]^T post_b[r] / B, one
+GEMM on the tiles (`ops.tile_outer`), never a dense N x N matrix. Factors come from the
+token's `StepAux` (pre-synaptic traces, spike counts, surrogate pseudo-derivatives).
+
+Mechanisms (each switched by a `PlasticityConfig` flag, each reported in the stats):
+1. STDP: LTP = pre trace x post spikes, LTD = pre spikes x post trace (ratio `stdp_ltd`).
+2. Dopamine: reward r = -loss per stream; dopamine = r - running mean of r, a reward
+   prediction error of both signs, gating the Hebbian eligibility (three-factor rule).
+3. Tagging & capture: updates land in an early component that decays; strong
+   coincidences set tags; when the protein signal (filtered positive dopamine) crosses a
+   threshold, tagged early weight is captured into the stable late component.
+4. Homeostasis: thresholds move toward the target rate; slow multiplicative synaptic
+   scaling per post-synaptic neuron.
+5. Replay: the hippocampus keeps recent (Broca features, pre/post factors, target)
+   episodes and re-presents a few every `replay_every` tokens to the readout and pathways.
+Plus e-prop: the output error broadcast through a fixed random feedback matrix is each
+neuron's learning signal; with the pseudo-derivative and pre-synaptic traces it trains
+pathway tiles and the input projection (and the input side of the embedding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from neurogen_jax import ops, readout
+from neurogen_jax.config import BrainConfig
+from neurogen_jax.connectivity import pathway_gains
+
+STAT_KEYS = ("dopamine", "reward_mean", "protein", "tag_fraction", "captured", "update_norm",
+             "theta_mean", "tile_mean", "replayed")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlasticityConfig:
+  """Switches and rates of the local rules (static under jit).
+
+  Learning rates are in units of the initial mean weight magnitude per token, so the
+  same numbers work at every brain size.
+  """
+
+  eprop: bool = True
+  stdp: bool = True
+  dopamine: bool = True
+  tagging: bool = True
+  homeostasis: bool = True
+  replay: bool = True
+  eprop_lr: float = 0.05
+  input_lr: float = 1e-3
+  stdp_lr: float = 0.01
+  stdp_ltd: float = 1.05
+  dopamine_lr: float = 0.05
+  reward_decay: float = 0.99
+  tag_threshold: float = 3.0      # |dW| above this multiple of the mean |dW| sets a tag
+  tag_decay: float = 0.95
+  early_decay: float = 0.995
+  protein_decay: float = 0.9
+  capture_threshold: float = 0.05
+  capture_rate: float = 0.5
+  homeostasis_lr: float = 0.02
+  scaling_lr: float = 1e-3
+  rate_decay: float = 0.99
+  rate_band: tuple[float, float] = (0.002, 0.08)
+  max_weight_factor: float = 20.0
+  replay_size: int = 256
+  replay_every: int = 16
+  replay_batch: int = 8
+  replay_lr: float = 0.01
+  feedback_seed: int = 17
+
+  @property
+  def any_brain_rule(self) -> bool:
+    """Whether the step must collect the per-neuron plasticity factors."""
+    return self.eprop or self.stdp or self.dopamine or self.tagging or self.replay or self.homeostasis
+
+  def replace(self, **kw) -> "PlasticityConfig":
+    return dataclasses.replace(self, **kw)
+
+
+class PlasticState(NamedTuple):
+  """Learning state (shared by streams).
+
+  reward_mean, protein: scalars. early_W / tag_W: tiles-shaped (empty when tagging off).
+  feedback_DxN: fixed random e-prop feedback (empty when e-prop and replay are off).
+  replay_*: hippocampal ring buffer of M episodes (empty when replay off).
+  count: tokens seen.
+  """
+
+  reward_mean: jax.Array
+  protein: jax.Array
+  early_W: jax.Array
+  tag_W: jax.Array
+  feedback_DxN: jax.Array
+  replay_feat_MxNr: jax.Array
+  replay_pre_MxN: jax.Array
+  replay_post_MxN: jax.Array
+  replay_target_M: jax.Array
+  replay_filled: jax.Array
+  count: jax.Array
+
+
+def weight_unit(config: BrainConfig) -> float:
+  """Mean initial tile magnitude (see connectivity.init_tiles): the unit of the rates."""
+  return 0.8 * config.weight_scale / (config.fan_in_tiles * config.tile * config.target_rate)
+
+
+def init_plastic_state(config: BrainConfig, pcfg: PlasticityConfig) -> PlasticState:
+  r, k, t = config.num_blocks, config.fan_in_tiles, config.tile
+  n, nr, d = config.num_neurons, config.readout_size, config.embedding_dim
+  tiles_shape = (r, k, t, t) if pcfg.tagging else (0, 0, 0, 0)
+  fb = (0, 0)
+  feedback = jnp.zeros(fb, jnp.bfloat16)
+  if pcfg.eprop or pcfg.replay:
+    feedback = (jax.random.normal(jax.random.PRNGKey(pcfg.feedback_seed), (d, n), jnp.float32)
+                / np.sqrt(d)).astype(jnp.bfloat16)
+  m = pcfg.replay_size if pcfg.replay else 0
+  return PlasticState(
+      reward_mean=jnp.zeros((), jnp.float32),
+      protein=jnp.zeros((), jnp.float32),
+      early_W=jnp.zeros(tiles_shape, config.weight_dtype),
+      tag_W=jnp.zeros(tiles_shape, jnp.bfloat16),
+      feedback_DxN=feedback,
+      replay_feat_MxNr=jnp.zeros((m, nr), jnp.bfloat16),
+      replay_pre_MxN=jnp.zeros((m, n if m else 0), jnp.bfloat16),
+      replay_post_MxN=jnp.zeros((m, n if m else 0), jnp.bfloat16),
+      replay_target_M=jnp.zeros((m,), jnp.int32),
+      replay_filled=jnp.zeros((), jnp.int32),
+      count=jnp.zeros((), jnp.int32),
+  )
+
+
+def empty_stats(length: int) -> dict:
+  return {k: jnp.zeros((length,), jnp.float32) for k in STAT_KEYS}
+
+
+def tile_gain_sign(config: BrainConfig, pathway_RxK: jax.Array) -> jax.Array:
+  """[R, K] mean effective gain of each tile over the phases (sign included)."""
+  return jnp.asarray(pathway_gains(config).mean(axis=0))[pathway_RxK]
+
+
+def output_error(embed_VxD: jax.Array, logits_BxV: jax.Array, targets_B: jax.Array) -> jax.Array:
+  """dCE/dh for the readout hidden vector h (logits = h @ E^T / sqrt(D) + b)."""
+  p_BxV = jax.nn.softmax(logits_BxV, axis=-1)
+  return (p_BxV @ embed_VxD - embed_VxD[targets_B]) * (1.0 / np.sqrt(embed_VxD.shape[1]))
+
+
+def _eprop_tiles(config, params, feedback_DxN, err_BxD, pre_BxN, post_BxN, lr):
+  """-lr * sum_b (sign*pre)^T (L * psi) * gain / B, with L = err @ feedback."""
+  learn_BxN = err_BxD @ feedback_DxN.astype(jnp.float32)
+  pre_signed = pre_BxN * params.conn.sign_N
+  d_W = ops.tile_outer(pre_signed, learn_BxN * post_BxN, params.conn.col_RxK, config.tile,
+                       config.implementation)
+  gain = tile_gain_sign(config, params.conn.pathway_RxK)[:, :, None, None]
+  return -(lr / pre_BxN.shape[0]) * d_W * gain, learn_BxN
+
+
+def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: PlasticState, aux,
+          logits_BxV, targets_B, ce_B, tokens_B):
+  """One token's local learning. Returns (params, bstate, pstate, stats dict of scalars)."""
+  unit = weight_unit(config)
+  bsz = targets_B.shape[0]
+  ticks = config.ticks_per_token
+  stats = {k: jnp.zeros((), jnp.float32) for k in STAT_KEYS}
+  tiles = params.tiles.astype(jnp.float32)
+  d_W = jnp.zeros_like(tiles)
+
+  # 2. Dopamine: reward prediction error of each stream.
+  reward_B = -ce_B
+  dopamine_B = reward_B - pstate.reward_mean
+  reward_mean = pstate.reward_mean * pcfg.reward_decay + (1 - pcfg.reward_decay) * jnp.mean(reward_B)
+  # First token: no baseline yet, start it at the reward itself.
+  reward_mean = jnp.where(pstate.count == 0, jnp.mean(reward_B), reward_mean)
+  dopamine_B = jnp.where(pstate.count == 0, 0.0, dopamine_B)
+  stats["dopamine"] = jnp.mean(dopamine_B)
+  stats["reward_mean"] = reward_mean
+
+  err_BxD = None
+  if pcfg.eprop or pcfg.replay:
+    err_BxD = jax.lax.stop_gradient(output_error(params.embed, logits_BxV, targets_B))
+
+  if pcfg.eprop:
+    d_e, learn_BxN = _eprop_tiles(config, params, pstate.feedback_DxN, err_BxD, aux.pre_BxN,
+                                  aux.post_BxN, pcfg.eprop_lr * unit)
+    d_W = d_W + d_e
+    # Input projection and the input side of the embedding, by the same signal.
+    n_in = config.input_size
+    g_Nin = (learn_BxN * aux.post_BxN)[:, :n_in]
+    x_BxD = params.embed[tokens_B] * bstate.thal_gate_B[:, None]
+    w_in = params.w_in - (pcfg.input_lr / bsz) * (x_BxD.T @ g_Nin)
+    embed = params.embed.at[tokens_B].add(-(pcfg.input_lr / bsz) * (g_Nin @ params.w_in.T))
+    params = params._replace(w_in=w_in, embed=embed)
+
+  # 1 + 2. Hebbian family in one factorised GEMM: STDP (LTP - LTD) and dopamine-gated LTP.
+  rate_BxN = aux.spikes_BxN / ticks
+  pre_parts, post_parts = [], []
+  if pcfg.stdp:
+    pre_parts += [aux.pre_BxN, rate_BxN]
+    post_parts += [pcfg.stdp_lr * unit * rate_BxN, -pcfg.stdp_lr * pcfg.stdp_ltd * unit * aux.pre_BxN]
+  if pcfg.dopamine:
+    pre_parts.append(aux.pre_BxN * dopamine_B[:, None])
+    post_parts.append(pcfg.dopamine_lr * unit * rate_BxN)
+  if pre_parts:
+    d_W = d_W + ops.tile_outer(jnp.concatenate(pre_parts), jnp.concatenate(post_parts),
+                               params.conn.col_RxK, config.tile, config.implementation) / bsz
+
+  # 3. Tagging and capture (the token's update lands in the decaying early component).
+  early, tag, protein = pstate.early_W, pstate.tag_W, pstate.protein
+  if pcfg.tagging:
+    early_f = early.astype(jnp.float32)
+    new_early = pcfg.early_decay * early_f + d_W
+    tiles = tiles - early_f + new_early
+    mag = jnp.abs(d_W)
+    strong = mag > pcfg.tag_threshold * (jnp.mean(mag) + 1e-12)
+    tag_f = jnp.maximum(tag.astype(jnp.float32) * pcfg.tag_decay, strong.astype(jnp.float32))
+    protein = pcfg.protein_decay * protein + (1 - pcfg.protein_decay) * jnp.maximum(jnp.mean(dopamine_B), 0.0)
+    captured = jnp.where(protein > pcfg.capture_threshold, pcfg.capture_rate, 0.0) * tag_f * new_early
+    new_early = new_early - captured  # moved into the late part: total weight unchanged
+    stats["tag_fraction"] = jnp.mean(tag_f > 0.5)
+    stats["captured"] = jnp.sum(jnp.abs(captured)) / captured.size / unit
+    early, tag = new_early.astype(early.dtype), tag_f.astype(tag.dtype)
+  else:
+    tiles = tiles + d_W
+  stats["protein"] = protein
+  stats["update_norm"] = jnp.mean(jnp.abs(d_W)) / unit
+
+  # 4. Homeostasis: thresholds toward the target rate, slow synaptic scaling.
+  theta_N, rate_N = bstate.theta_N, bstate.rate_N
+  if aux.spikes_BxN.size:  # factors were collected
+    rate_tok_N = jnp.mean(rate_BxN, axis=0)
+    rate_N = rate_N * pcfg.rate_decay + (1 - pcfg.rate_decay) * rate_tok_N
+  if pcfg.homeostasis:
+    target = config.target_rate
+    theta_N = jnp.clip(theta_N + pcfg.homeostasis_lr * (rate_tok_N - target) / target, -0.9, 10.0)
+    scale_N = 1.0 + pcfg.scaling_lr * jnp.clip((target - rate_N) / target, -1.0, 1.0)
+    tiles = tiles * scale_N.reshape(config.num_blocks, 1, 1, config.tile)
+  bstate = bstate._replace(theta_N=theta_N, rate_N=rate_N)
+  stats["theta_mean"] = jnp.mean(theta_N)
+
+  # 5. Replay: store one stream's episode; every `replay_every` tokens re-present a few.
+  p_fields = {}
+  if pcfg.replay:
+    m = pcfg.replay_size
+    b = pstate.count % bsz
+    slot = pstate.count % m
+    p_fields = dict(
+        replay_feat_MxNr=pstate.replay_feat_MxNr.at[slot].set(aux.features_BxNr[b].astype(jnp.bfloat16)),
+        replay_pre_MxN=pstate.replay_pre_MxN.at[slot].set(aux.pre_BxN[b].astype(jnp.bfloat16)),
+        replay_post_MxN=pstate.replay_post_MxN.at[slot].set(aux.post_BxN[b].astype(jnp.bfloat16)),
+        replay_target_M=pstate.replay_target_M.at[slot].set(targets_B[b]),
+        replay_filled=jnp.minimum(pstate.replay_filled + 1, m),
+    )
+    do_replay = (pstate.count + 1) % pcfg.replay_every == 0
+    key = jax.random.fold_in(jax.random.PRNGKey(pcfg.feedback_seed + 1), pstate.count)
+    idx = jax.random.randint(key, (pcfg.replay_batch,), 0, jnp.maximum(p_fields["replay_filled"], 1))
+
+    def replay(operand):
+      tiles, w_out, b_out = operand
+      feat = p_fields["replay_feat_MxNr"][idx].astype(jnp.float32)
+      tgt = p_fields["replay_target_M"][idx]
+
+      def loss(w_out, b_out):
+        lg = readout.logits(params.embed, w_out, b_out, feat)
+        return jnp.mean(readout.cross_entropy(lg, tgt)), lg
+
+      (_, lg), (g_w, g_b) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(w_out, b_out)
+      err = output_error(params.embed, lg, tgt)
+      d_r, _ = _eprop_tiles(config, params, pstate.feedback_DxN, err,
+                            p_fields["replay_pre_MxN"][idx].astype(jnp.float32),
+                            p_fields["replay_post_MxN"][idx].astype(jnp.float32), pcfg.eprop_lr * unit)
+      return tiles + d_r, w_out - pcfg.replay_lr * g_w, b_out - pcfg.replay_lr * g_b
+
+    tiles, w_out, b_out = jax.lax.cond(do_replay, replay, lambda o: o, (tiles, params.w_out, params.b_out))
+    params = params._replace(w_out=w_out, b_out=b_out)
+    stats["replayed"] = do_replay.astype(jnp.float32)
+
+  w_max = pcfg.max_weight_factor * unit
+  tiles = jnp.clip(tiles, 0.0, w_max)
+  stats["tile_mean"] = jnp.mean(tiles) / unit
+  params = params._replace(tiles=tiles.astype(params.tiles.dtype))
+  pstate = pstate._replace(reward_mean=reward_mean, protein=protein, early_W=early, tag_W=tag,
+                           count=pstate.count + 1, **p_fields)
+  return params, bstate, pstate, stats

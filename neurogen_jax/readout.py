@@ -1,0 +1,49 @@
+"""Readout: Broca's filtered spike traces -> layer norm -> embedding_dim -> tied logits.
+
+Features are layer-normalised with `rsqrt(var + eps)` (a plain std has a NaN gradient
+when a population is silent). Logits are tied to the token embedding:
+logits = (LN(trace) @ w_out / sqrt(Nr)) @ embed^T / sqrt(D) + b_out (the 1/sqrt factors keep
+one optimizer step's effect on the logits independent of the brain's size). The bias starts at the unigram
+log-probabilities when they are known (`unigram_bias`), so the untrained model is a
+unigram model rather than a uniform one.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LN_EPS = 1e-5
+
+
+def normalize_features(trace_BxNr: jax.Array) -> jax.Array:
+  """Layer norm over neurons, no affine part: [B, Nr] -> [B, Nr]."""
+  mean = jnp.mean(trace_BxNr, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(trace_BxNr - mean), axis=-1, keepdims=True)
+  return (trace_BxNr - mean) * jax.lax.rsqrt(var + LN_EPS)
+
+
+def hidden(w_out_NrxD: jax.Array, trace_BxNr: jax.Array) -> jax.Array:
+  """[B, D] readout hidden vector."""
+  return normalize_features(trace_BxNr) @ w_out_NrxD * (1.0 / np.sqrt(w_out_NrxD.shape[0]))
+
+
+def logits(embed_VxD: jax.Array, w_out_NrxD: jax.Array, b_out_V: jax.Array,
+           trace_BxNr: jax.Array) -> jax.Array:
+  """[B, V] next-token logits from Broca's read-phase traces."""
+  return hidden(w_out_NrxD, trace_BxNr) @ embed_VxD.T * (1.0 / np.sqrt(embed_VxD.shape[1])) + b_out_V
+
+
+def unigram_bias(token_ids: np.ndarray, vocab_size: int, smoothing: float = 0.5) -> np.ndarray:
+  """log p(token) with add-`smoothing` counts: the readout bias of an untrained model."""
+  counts = np.bincount(np.asarray(token_ids).ravel(), minlength=vocab_size)[:vocab_size]
+  p = (counts + smoothing) / (counts.sum() + smoothing * vocab_size)
+  return np.log(p).astype(np.float32)
+
+
+def cross_entropy(logits_BxV: jax.Array, targets_B: jax.Array) -> jax.Array:
+  """Per-stream cross entropy in nats, [B]."""
+  logz = jax.nn.logsumexp(logits_BxV, axis=-1)
+  picked = jnp.take_along_axis(logits_BxV, targets_B[:, None], axis=-1)[:, 0]
+  return logz - picked

@@ -1,0 +1,365 @@
+"""Each Pallas kernel against its pure-jnp reference.
+
+Every test runs twice through the `mode` fixture: in interpret mode (CPU, always) and
+compiled (`gpu` marker, skipped without a GPU). Interpret mode starts every output buffer
+as NaN, so an all-finite result proves that every element was written. Inputs are fresh
+random draws (never zeros); tolerances scale with the dtype's epsilon and the square root
+of the reduction length.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from neurogen_jax import ops
+from neurogen_jax.config import BrainConfig
+from neurogen_jax.neurons import NeuronState, alif_step
+from neurogen_jax.pallas import events, neuron_update, plasticity, propagate
+
+# (T, K, B): an orthogonal array over T in {16, 32, 128}, K in {1, 4, 8}, B in {1, 3, 16}:
+# every pair of values appears once, in 9 cases instead of 27.
+SHAPES = [(16, 1, 1), (16, 4, 3), (16, 8, 16), (32, 1, 3), (32, 4, 16), (32, 8, 1),
+          (128, 1, 16), (128, 4, 1), (128, 8, 3)]
+SHAPE_IDS = [f"T{t}-K{k}-B{b}" for t, k, b in SHAPES]
+NUM_BLOCKS = 4  # R: post (and pre) blocks per test brain
+
+EPS = {"float32": 2.0**-23, "tf32": 2.0**-10, "bfloat16": 2.0**-8}
+ALIF = dict(a_s=0.78, a_m=0.78, a_a=0.975, a_t=0.9, beta=0.5, threshold=1.0, width=0.5)
+
+
+def _on_gpu() -> bool:
+  return jax.devices()[0].platform == "gpu"
+
+
+@pytest.fixture(params=[pytest.param(True, id="interpret"),
+                        pytest.param(False, id="compiled", marks=pytest.mark.gpu)])
+def interpret(request):
+  if not request.param and not _on_gpu():
+    pytest.skip("compiled Pallas kernels need a GPU")
+  return request.param
+
+
+def assert_close(out, ref, precision: str, length: int, factor: float = 4.0):
+  """max |out - ref| <= factor * eps * sqrt(length) * max |ref|, and no NaN/inf."""
+  out = np.asarray(jnp.asarray(out, jnp.float32))
+  ref = np.asarray(jnp.asarray(ref, jnp.float32))
+  assert out.shape == ref.shape
+  assert np.all(np.isfinite(out)), "output has NaN/inf: an element was not written"
+  scale = max(float(np.max(np.abs(ref))), 1e-30)
+  err = float(np.max(np.abs(out - ref))) / scale
+  tol = factor * EPS[precision] * math.sqrt(length)
+  assert err <= tol, f"relative error {err:.3g} > {tol:.3g} ({precision}, length {length})"
+
+
+def layout(seed: int, t: int, k: int, dtype=jnp.bfloat16):
+  """Random ELL layout with at least one repeated column (when K > 1) and fresh weights."""
+  kc, kw, kg = jax.random.split(jax.random.key(seed), 3)
+  col = jax.random.randint(kc, (NUM_BLOCKS, k), 0, NUM_BLOCKS)
+  if k > 1:
+    col = col.at[0, 1].set(col[0, 0])
+  w = jax.random.uniform(kw, (NUM_BLOCKS, k, t, t), minval=0.05, maxval=1.0).astype(dtype)
+  gain = jax.random.uniform(kg, (NUM_BLOCKS, k), minval=-1.5, maxval=1.5)
+  return col, w, gain
+
+
+def spikes(seed: int, shape, rate: float, dtype=jnp.bfloat16):
+  """Signed spikes in {-1, 0, 1} at `rate`, with at least one spike."""
+  ka, ks = jax.random.split(jax.random.key(seed))
+  on = jax.random.uniform(ka, shape) < rate
+  on = on.at[..., 0].set(True)
+  sign = jnp.where(jax.random.uniform(ks, shape) < 0.8, 1.0, -1.0)
+  return (on * sign).astype(dtype)
+
+
+# ---------------------------------------------------------------------------- propagate
+
+
+@pytest.mark.parametrize("t,k,b", SHAPES, ids=SHAPE_IDS)
+def test_propagate_matches_reference(interpret, t, k, b):
+  col, w, gain = layout(1, t, k)
+  spk = spikes(2, (b, NUM_BLOCKS * t), 0.3)
+  out = propagate.propagate(spk, w, col, gain, interpret=interpret)
+  ref = propagate.propagate_reference(spk, w, col, gain)
+  assert out.dtype == jnp.float32
+  assert_close(out, ref, "float32", k * t)
+
+
+def test_propagate_f32_spikes_and_large_batch(interpret):
+  col, w, gain = layout(3, 16, 4)
+  spk = spikes(4, (80, NUM_BLOCKS * 16), 0.2, jnp.float32)  # B = 80: two batch tiles of 64
+  out = propagate.propagate(spk, w, col, gain, interpret=interpret)
+  assert_close(out, propagate.propagate_reference(spk, w, col, gain), "float32", 4 * 16)
+
+
+@pytest.mark.parametrize("t,k,b", [(64, 4, 3), (128, 2, 70)], ids=["T64-K4-B3", "T128-K2-B70"])
+def test_propagate_mosaic_gpu_matches_reference(interpret, t, k, b):
+  col, w, gain = layout(40, t, k)
+  spk = spikes(41, (b, NUM_BLOCKS * t), 0.3)
+  out = propagate.propagate(spk, w, col, gain, backend="mosaic_gpu", interpret=interpret)
+  assert_close(out, propagate.propagate_reference(spk, w, col, gain), "float32", k * t)
+
+
+def test_propagate_grads_match_reference(interpret):
+  col, w, gain = layout(5, 16, 4)
+  spk = spikes(6, (3, NUM_BLOCKS * 16), 0.3, jnp.float32)
+  probe = jax.random.normal(jax.random.key(7), (3, NUM_BLOCKS * 16))
+
+  def loss(fn):
+    return lambda s, ww, g: jnp.sum(jnp.sin(fn(s, ww, col, g)) * probe)
+
+  pallas_fn = lambda *a: propagate.propagate(*a, interpret=interpret)
+  got = jax.grad(loss(pallas_fn), argnums=(0, 1, 2))(spk, w, gain)
+  want = jax.grad(loss(propagate.propagate_reference), argnums=(0, 1, 2))(spk, w, gain)
+  precision = "float32" if interpret else "tf32"  # d w goes through the f32 outer product
+  for g, r, name in zip(got, want, ("spk", "w", "gain")):
+    assert g.dtype == r.dtype, name
+    assert_close(g, r, "bfloat16" if name == "w" else precision, 3 * 16 * 16)
+
+
+# --------------------------------------------------------------------------- plasticity
+
+
+@pytest.mark.parametrize("t,k,b", SHAPES, ids=SHAPE_IDS)
+def test_tile_outer_matches_reference(interpret, t, k, b):
+  col, _, _ = layout(8, t, k)
+  kp, kq = jax.random.split(jax.random.key(9))
+  pre = jax.random.uniform(kp, (b, NUM_BLOCKS * t)).astype(jnp.bfloat16)
+  post = jax.random.normal(kq, (b, NUM_BLOCKS * t)).astype(jnp.bfloat16)
+  out = plasticity.tile_outer(pre, post, col, t, interpret=interpret)
+  ref = plasticity.tile_outer_reference(pre, post, col, t)
+  assert out.shape == (NUM_BLOCKS, k, t, t) and out.dtype == jnp.float32
+  assert_close(out, ref, "float32", b)
+
+
+def test_tile_outer_f32_traces(interpret):
+  col, _, _ = layout(10, 32, 4)
+  kp, kq = jax.random.split(jax.random.key(11))
+  pre = jax.random.uniform(kp, (20, NUM_BLOCKS * 32))  # B = 20: padded to 32
+  post = jax.random.normal(kq, (20, NUM_BLOCKS * 32))
+  out = plasticity.tile_outer(pre, post, col, 32, interpret=interpret)
+  ref = plasticity.tile_outer_reference(pre, post, col, 32)
+  assert_close(out, ref, "float32" if interpret else "tf32", 20)
+
+
+@pytest.mark.parametrize("t,k,b", SHAPES[::2], ids=SHAPE_IDS[::2])
+def test_tile_update_matches_reference(interpret, t, k, b):
+  col, w, _ = layout(12, t, k)
+  kp, kq, ks = jax.random.split(jax.random.key(13), 3)
+  pre = jax.random.uniform(kp, (b, NUM_BLOCKS * t))
+  post = jax.random.normal(kq, (b, NUM_BLOCKS * t))
+  scale = jax.random.uniform(ks, (NUM_BLOCKS, k), minval=0.01, maxval=0.2)
+  out = plasticity.tile_update(w, pre, post, col, scale, 0.1, 0.9, interpret=interpret)
+  ref = plasticity.tile_update_reference(w, pre, post, col, scale, 0.1, 0.9)
+  assert out.dtype == w.dtype and out.shape == w.shape
+  assert_close(out, ref, "bfloat16", 1)
+  # Every tile moved (and the bounds bind somewhere): the update reached all tiles.
+  moved = jnp.any(out != w, axis=(2, 3))
+  assert bool(jnp.all(moved)), "some tile was not updated"
+  assert float(jnp.min(out)) >= 0.1 and float(jnp.max(out)) <= 0.9
+
+
+def test_tile_update_scalar_scale(interpret):
+  col, w, _ = layout(14, 16, 8)
+  kp, kq = jax.random.split(jax.random.key(15))
+  pre = jax.random.uniform(kp, (3, NUM_BLOCKS * 16))
+  post = jax.random.normal(kq, (3, NUM_BLOCKS * 16))
+  out = plasticity.tile_update(w, pre, post, col, 0.05, 0.0, 1.0, interpret=interpret)
+  assert_close(out, plasticity.tile_update_reference(w, pre, post, col, 0.05, 0.0, 1.0),
+               "bfloat16", 1)
+
+
+# ------------------------------------------------------------------------------- neurons
+
+
+def alif_inputs(seed: int, b: int, n: int):
+  keys = jax.random.split(jax.random.key(seed), 6)
+  v = jax.random.uniform(keys[0], (b, n), minval=-0.5, maxval=1.5)
+  i = jax.random.normal(keys[1], (b, n))
+  a = jax.random.uniform(keys[2], (b, n), maxval=0.5)
+  tr = jax.random.uniform(keys[3], (b, n))
+  cur = 0.5 * jax.random.normal(keys[4], (b, n))
+  theta = jax.random.uniform(keys[5], (n,), minval=-0.1, maxval=0.2)
+  return v, i, a, tr, cur, theta
+
+
+@pytest.mark.parametrize("b,n", [(1, 64), (3, 48), (16, 4096), (6, 1536)])
+def test_alif_update_matches_reference(interpret, b, n):
+  args = alif_inputs(16, b, n)
+  out = neuron_update.alif_update(*args, **ALIF, interpret=interpret)
+  ref = neuron_update.alif_update_reference(*args, **ALIF)
+  names = ("v", "i", "a", "tr", "s", "x")
+  x_ref = ref[5]
+  firm = jnp.abs(x_ref) > 1e-5  # away from threshold the spike decision must agree exactly
+  assert bool(jnp.all(jnp.where(firm, out[4] == ref[4], True))), "spikes differ"
+  rate = float(jnp.mean(ref[4]))
+  assert 0.05 < rate < 0.95, f"test inputs should spike sometimes, rate {rate}"
+  for o, r, name in zip(out, ref, names):
+    assert o.shape == (b, n) and o.dtype == jnp.float32, name
+    assert_close(jnp.where(firm, o, r), r, "float32", 16)
+
+
+def test_alif_grads_match_reference(interpret):
+  args = alif_inputs(17, 3, 256)
+  probes = [jax.random.normal(k, (3, 256)) for k in jax.random.split(jax.random.key(18), 6)]
+
+  def loss(fn):
+    return lambda *a: sum(jnp.sum(o * p) for o, p in zip(fn(*a, **ALIF), probes))
+
+  pallas_fn = lambda *a, **kw: neuron_update.alif_update(*a, **kw, interpret=interpret)
+  got = jax.grad(loss(pallas_fn), argnums=tuple(range(6)))(*args)
+  want = jax.grad(loss(neuron_update.alif_update_reference), argnums=tuple(range(6)))(*args)
+  for g, w in zip(got, want):
+    assert_close(g, w, "float32", 16)
+  # The surrogate reaches the inputs: d loss / d cur is nonzero where |x| < width.
+  assert float(jnp.max(jnp.abs(got[4]))) > 0
+
+
+def test_alif_reference_is_neurons_alif_step():
+  """The kernel's reference computes exactly `neurons.alif_step` (values and grads)."""
+  cfg = BrainConfig()
+  consts = dict(a_s=cfg.decay(cfg.tau_syn_ms), a_m=cfg.decay(cfg.tau_mem_ms),
+                a_a=cfg.decay(cfg.tau_adapt_ms), a_t=cfg.decay(cfg.tau_trace_ms),
+                beta=cfg.adapt_beta, threshold=cfg.threshold, width=cfg.surrogate_width)
+  v, i, a, tr, cur, theta = alif_inputs(19, 2, 128)
+  st = NeuronState(v=v, i=i, a=a, tr=tr, s=jnp.zeros_like(v))
+  new, x = alif_step(cfg, st, cur, theta)
+  ref = neuron_update.alif_update_reference(v, i, a, tr, cur, theta, **consts)
+  for got, want in zip((new.v, new.i, new.a, new.tr, new.s, x), ref):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  g_step = jax.grad(lambda c: jnp.sum(alif_step(cfg, st, c, theta)[0].tr))(cur)
+  g_ref = jax.grad(lambda c: jnp.sum(neuron_update.alif_update_reference(
+      v, i, a, tr, c, theta, **consts)[3]))(cur)
+  np.testing.assert_array_equal(np.asarray(g_step), np.asarray(g_ref))
+
+
+# -------------------------------------------------------------------------------- events
+
+
+def test_build_fanout_inverts_col():
+  col, _, _ = layout(20, 16, 8)
+  rows, slots = events.build_fanout(col, NUM_BLOCKS)
+  rows, slots, col = np.asarray(rows), np.asarray(slots), np.asarray(col)
+  listed = set()
+  for c in range(NUM_BLOCKS):
+    for r, k in zip(rows[c], slots[c]):
+      if r == NUM_BLOCKS:  # sentinel
+        continue
+      assert col[r, k] == c
+      listed.add((int(r), int(k)))
+  assert listed == {(r, k) for r in range(NUM_BLOCKS) for k in range(8)}
+  assert rows.shape[1] == np.bincount(col.ravel(), minlength=NUM_BLOCKS).max()
+  with pytest.raises(ValueError, match="concrete"):
+    jax.jit(lambda c: events.build_fanout(c, NUM_BLOCKS))(col)
+
+
+EVENT_BLOCKS = 32  # N = 32 * 32 = 1024 neurons for the event tests
+
+
+def event_layout(seed):
+  kc, kw, kg = jax.random.split(jax.random.key(seed), 3)
+  col = jax.random.randint(kc, (EVENT_BLOCKS, 4), 0, EVENT_BLOCKS)
+  w = jax.random.uniform(kw, (EVENT_BLOCKS, 4, 32, 32), minval=0.05).astype(jnp.bfloat16)
+  gain = jax.random.uniform(kg, (EVENT_BLOCKS, 4), minval=-1.5, maxval=1.5)
+  return col, w, gain
+
+
+@pytest.mark.parametrize("rate", [0.005, 0.02, 0.05])
+def test_propagate_events_matches_dense(interpret, rate):
+  col, w, gain = event_layout(21)
+  spk = spikes(22, (EVENT_BLOCKS * 32,), rate)
+  ref = propagate.propagate_reference(spk[None], w, col, gain)[0]
+  fanout = events.build_fanout(col, EVENT_BLOCKS)
+  out_xla = events.propagate_events(spk, w, col, gain, fanout, max_events=128)
+  out_pallas = events.propagate_events_pallas(spk, w, col, gain, interpret=interpret)
+  assert_close(out_xla, ref, "float32", 4 * 32)
+  assert_close(out_pallas, ref, "float32", 4 * 32)
+
+
+def test_propagate_events_overflow_falls_back_to_dense():
+  """More spikes than max_events: the dense path answers (marked here by an offset)."""
+  col, w, gain = event_layout(23)
+  spk = spikes(24, (EVENT_BLOCKS * 32,), 0.05)
+  count = int(jnp.sum(spk != 0))
+  ref = propagate.propagate_reference(spk[None], w, col, gain)[0]
+  fanout = events.build_fanout(col, EVENT_BLOCKS)
+  marked = lambda *a: propagate.propagate_reference(*a) + 1000.0
+  run = jax.jit(lambda s, m: events.propagate_events(s, w, col, gain, fanout, m, dense=marked),
+                static_argnums=1)
+  np.testing.assert_allclose(run(spk, count), ref, rtol=1e-5, atol=1e-4)  # exactly full: events
+  np.testing.assert_allclose(run(spk, count - 1), ref + 1000.0, rtol=1e-5, atol=1e-3)  # overflow
+  # Through the default dense path the overflowing result is still the right one.
+  out = events.propagate_events(spk, w, col, gain, fanout, max_events=count // 4)
+  assert_close(out, ref, "float32", 4 * 32)
+
+
+def test_propagate_events_pallas_all_spiking(interpret):
+  """Every neuron spiking is exact too: there is no event cap."""
+  col, w, gain = event_layout(25)
+  spk = jnp.where(jax.random.uniform(jax.random.key(26), (EVENT_BLOCKS * 32,)) < 0.5, 1.0, -1.0)
+  ref = propagate.propagate_reference(spk[None], w, col, gain)[0]
+  out = events.propagate_events_pallas(spk, w, col, gain, interpret=interpret)
+  assert_close(out, ref, "float32", 4 * 32)
+
+
+def test_propagate_events_grads_match_dense(interpret):
+  col, w, gain = event_layout(27)
+  spk = spikes(28, (EVENT_BLOCKS * 32,), 0.03, jnp.float32)
+  probe = jax.random.normal(jax.random.key(29), (EVENT_BLOCKS * 32,))
+  fanout = events.build_fanout(col, EVENT_BLOCKS)
+  dense = lambda s, ww, g: propagate.propagate_reference(s[None], ww, col, g)[0]
+  xla = lambda s, ww, g: events.propagate_events(s, ww, col, g, fanout, 64)
+  pallas = lambda s, ww, g: events.propagate_events_pallas(s, ww, col, g, interpret=interpret)
+  grad = lambda fn: jax.grad(lambda *a: jnp.sum(fn(*a) * probe), argnums=(0, 1, 2))(spk, w, gain)
+  want = grad(dense)
+  for fn in (xla, pallas):
+    for g, r in zip(grad(fn), want):
+      assert_close(g, r, "float32", 4 * 32)
+
+
+# ------------------------------------------------------------------------------ dispatch
+
+
+@pytest.mark.parametrize("b", [1, 3])
+@pytest.mark.parametrize("implementation", ["xla", "pallas"])
+def test_ops_propagate_dispatch(implementation, b):
+  if implementation == "pallas" and not _on_gpu():
+    pytest.skip("ops dispatches compiled Pallas kernels (GPU); interpret mode is tested above")
+  col, w, gain = event_layout(30)
+  spk = spikes(31, (b, EVENT_BLOCKS * 32), 0.02)
+  ref = propagate.propagate_reference(spk, w, col, gain)
+  fanout = events.build_fanout(col, EVENT_BLOCKS)
+  out = ops.propagate(spk, w, col, gain, implementation, fanout=fanout, max_events=64)
+  assert out.shape == (b, EVENT_BLOCKS * 32)
+  assert_close(out, ref, "float32", 4 * 32)
+
+
+def test_ops_rejects_unknown_implementation_and_missing_fanout():
+  col, w, gain = event_layout(32)
+  spk = spikes(33, (1, EVENT_BLOCKS * 32), 0.02)
+  with pytest.raises(ValueError, match="implementation"):
+    ops.propagate(spk, w, col, gain, "triton")
+  with pytest.raises(ValueError, match="build_fanout"):
+    ops.propagate_events(spk[0], w, col, gain, "xla")
+  # Without a fanout the xla dispatcher stays dense at B = 1.
+  assert_close(ops.propagate(spk, w, col, gain, "xla"),
+               propagate.propagate_reference(spk, w, col, gain), "float32", 1)
+
+
+def test_ops_xla_matches_references():
+  col, w, _ = layout(34, 16, 4)
+  kp, kq = jax.random.split(jax.random.key(35))
+  pre = jax.random.uniform(kp, (3, NUM_BLOCKS * 16))
+  post = jax.random.normal(kq, (3, NUM_BLOCKS * 16))
+  np.testing.assert_array_equal(ops.tile_outer(pre, post, col, 16),
+                                plasticity.tile_outer_reference(pre, post, col, 16))
+  np.testing.assert_array_equal(
+      np.asarray(ops.tile_update(w, pre, post, col, 0.1, 0.0, 1.0), np.float32),
+      np.asarray(plasticity.tile_update_reference(w, pre, post, col, 0.1, 0.0, 1.0), np.float32))
+  args = alif_inputs(36, 2, 64)
+  for got, want in zip(ops.alif_update(*args, **ALIF), neuron_update.alif_update_reference(*args, **ALIF)):
+    np.testing.assert_array_equal(got, want)
