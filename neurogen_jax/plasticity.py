@@ -7,7 +7,8 @@ token's `StepAux` (pre-synaptic traces, spike counts, surrogate pseudo-derivativ
 Mechanisms (each switched by a `PlasticityConfig` flag, each reported in the stats):
 1. STDP: LTP = pre trace x post spikes, LTD = pre spikes x post trace (ratio `stdp_ltd`).
 2. Dopamine: reward r = -loss per stream; dopamine = r - running mean of r, a reward
-   prediction error of both signs, gating the Hebbian eligibility (three-factor rule).
+   prediction error of both signs, gating the Hebbian eligibility (pre trace x post rate
+   above its running mean: the three-factor rule).
 3. Tagging & capture: updates land in an early component that decays; strong
    coincidences set tags; when the protein signal (filtered positive dopamine) crosses a
    threshold, tagged early weight is captured into the stable late component.
@@ -51,20 +52,21 @@ class PlasticityConfig:
   tagging: bool = True
   homeostasis: bool = True
   replay: bool = True
-  eprop_lr: float = 0.05
+  eprop_lr: float = 3.0
   input_lr: float = 1e-3
   stdp_lr: float = 0.01
   stdp_ltd: float = 1.05
   dopamine_lr: float = 0.05
   reward_decay: float = 0.99
   tag_threshold: float = 3.0      # |dW| above this multiple of the mean |dW| sets a tag
-  tag_decay: float = 0.95
+  tag_decay: float = 0.8
   early_decay: float = 0.995
   protein_decay: float = 0.9
   capture_threshold: float = 0.05
   capture_rate: float = 0.5
   homeostasis_lr: float = 0.02
   scaling_lr: float = 1e-3
+  normalization_rate: float = 0.1
   rate_decay: float = 0.99
   rate_band: tuple[float, float] = (0.002, 0.08)
   max_weight_factor: float = 20.0
@@ -108,6 +110,12 @@ class PlasticState(NamedTuple):
 def weight_unit(config: BrainConfig) -> float:
   """Mean initial tile magnitude (see connectivity.init_tiles): the unit of the rates."""
   return 0.8 * config.weight_scale / (config.fan_in_tiles * config.tile * config.target_rate)
+
+
+def initial_tile_mean(config: BrainConfig) -> float:
+  """Expected mean tile magnitude at init (excitatory and stronger inhibitory rows)."""
+  inh = 1.0 - sum(a.excitatory_fraction * s for a, s in zip(config.areas, config.area_sizes)) / config.num_neurons
+  return weight_unit(config) * ((1.0 - inh) + inh * config.inhibitory_scale)
 
 
 def init_plastic_state(config: BrainConfig, pcfg: PlasticityConfig) -> PlasticState:
@@ -203,8 +211,10 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
     pre_parts += [aux.pre_BxN, rate_BxN]
     post_parts += [pcfg.stdp_lr * unit * rate_BxN, -pcfg.stdp_lr * pcfg.stdp_ltd * unit * aux.pre_BxN]
   if pcfg.dopamine:
+    # Eligibility = pre trace x post rate relative to its running mean (zero-mean, so a
+    # reward that keeps rising while the readout learns does not grow all weights).
     pre_parts.append(aux.pre_BxN * dopamine_B[:, None])
-    post_parts.append(pcfg.dopamine_lr * unit * rate_BxN)
+    post_parts.append(pcfg.dopamine_lr * unit * (rate_BxN - bstate.rate_N))
   if pre_parts:
     d_W = d_W + ops.tile_outer(jnp.concatenate(pre_parts), jnp.concatenate(post_parts),
                                params.conn.col_RxK, config.tile, config.implementation) / bsz
@@ -237,8 +247,14 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
   if pcfg.homeostasis:
     target = config.target_rate
     theta_N = jnp.clip(theta_N + pcfg.homeostasis_lr * (rate_tok_N - target) / target, -0.9, 10.0)
-    scale_N = 1.0 + pcfg.scaling_lr * jnp.clip((target - rate_N) / target, -1.0, 1.0)
-    tiles = tiles * scale_N.reshape(config.num_blocks, 1, 1, config.tile)
+    # Synaptic scaling: each post neuron's mean incoming magnitude is pulled toward its
+    # initial value (a conserved resource, so learning redistributes rather than grows)
+    # and nudged by its rate error.
+    r, t = config.num_blocks, config.tile
+    mean_N = jnp.mean(tiles, axis=(1, 2)).reshape(-1)
+    norm_N = (initial_tile_mean(config) / jnp.maximum(mean_N, 1e-12)) ** pcfg.normalization_rate
+    rate_N_scale = 1.0 + pcfg.scaling_lr * jnp.clip((target - rate_N) / target, -1.0, 1.0)
+    tiles = tiles * (norm_N * rate_N_scale).reshape(r, 1, 1, t)
   bstate = bstate._replace(theta_N=theta_N, rate_N=rate_N)
   stats["theta_mean"] = jnp.mean(theta_N)
 

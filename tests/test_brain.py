@@ -1,0 +1,129 @@
+"""The brain core: sizes, pathways that carry current, the five phases, readout, jax transforms."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from neurogen_jax import brain, ops, readout
+from neurogen_jax.config import SEED_PATHWAYS, BrainConfig, tiny_config
+from neurogen_jax.connectivity import build_connectivity, init_tiles
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  cfg = tiny_config()
+  params, state = brain.init(cfg, jax.random.PRNGKey(0), batch=3)
+  return cfg, params, state
+
+
+def test_full_scale_sizes_and_pathways():
+  cfg = BrainConfig()
+  assert cfg.num_neurons == 79_872
+  assert cfg.area_sizes == (2048, 16384, 16384, 8192, 32768, 4096)
+  assert cfg.num_blocks == 624
+  assert 75e6 < cfg.num_synapses < 85e6  # ~80M synapses, fan-in 1,024
+  names = {p.name for p in cfg.pathways}
+  for p in SEED_PATHWAYS:
+    assert p.name in names
+  assert len(SEED_PATHWAYS) == 10
+
+
+def test_every_pathway_carries_current():
+  """Full-scale structure: spikes in a pathway's source area reach its target, and
+  removing that pathway's gain changes the target's input (the original's carried none)."""
+  cfg = BrainConfig()
+  conn = build_connectivity(cfg, jax.random.PRNGKey(1))
+  w = init_tiles(cfg, conn, jax.random.PRNGKey(2))
+  base = jnp.asarray([p.gain for p in cfg.pathways], jnp.float32)
+  for pi, p in enumerate(cfg.pathways):
+    if p.source == p.target:
+      continue
+    spk = np.zeros((1, cfg.num_neurons), np.float32)
+    spk[0, cfg.area_slice(p.source)] = 1.0
+    spk = jnp.asarray(spk) * conn.sign_N
+    cur_on = ops.propagate(spk, w, conn.col_RxK, base[conn.pathway_RxK])
+    cur_off = ops.propagate(spk, w, conn.col_RxK, base.at[pi].set(0.0)[conn.pathway_RxK])
+    tgt = cfg.area_slice(p.target)
+    diff = np.abs(np.asarray(cur_on - cur_off)[0, tgt])
+    assert diff.mean() > 0.1, f"{p.name} carries no current"
+    others = np.ones(cfg.num_neurons, bool)
+    others[tgt] = False
+    assert np.abs(np.asarray(cur_on - cur_off)[0, others]).max() == 0.0
+
+
+def test_phases_run_in_order_and_activity_reaches_broca(tiny):
+  cfg, params, state = tiny
+  _, _, aux = brain.cognitive_step(params, state, jnp.array([5, 6, 7]), cfg)
+  rates = np.asarray(aux.rates_PxA)  # [phase, area], from rest
+  a = {n: i for i, n in enumerate(cfg.area_names)}
+  assert rates[0, a["thalamus"]] > 0.005  # Sensation: the token drives the thalamus
+  assert rates[0, a["broca"]] == 0.0  # no direct input to Broca
+  assert rates[:, a["pfc"]].max() > 0.005  # Thal -> Wernicke -> PFC
+  assert rates[3:, a["broca"]].max() > 0.005  # ... -> Broca by Selection/Action
+  assert np.argmax(rates[:, a["broca"]] > 0) > 0  # Broca starts after the first phase
+  assert np.all(np.asarray(aux.features_BxNr).sum(axis=1) > 0)  # Broca traces were read
+
+
+def test_logits_follow_brocas_state(tiny):
+  """No stale readout: changing only Broca's traces changes the logits."""
+  cfg, params, state = tiny
+  params = params._replace(w_out=jax.random.normal(jax.random.PRNGKey(3), params.w_out.shape))
+  tok = jnp.array([1, 2, 3])
+  _, logits_a, _ = brain.cognitive_step(params, state, tok, cfg)
+  br = cfg.area_slice("broca")
+  kicked = state.neurons._replace(tr=state.neurons.tr.at[:, br].set(
+      jax.random.uniform(jax.random.PRNGKey(4), (3, br.stop - br.start)) * 5))
+  _, logits_b, _ = brain.cognitive_step(params, state._replace(neurons=kicked), tok, cfg)
+  assert float(jnp.max(jnp.abs(logits_a - logits_b))) > 1e-3
+  # ...while the readout of a silent-from-the-start Broca with zero w_out is the bias.
+  _, logits_z, _ = brain.cognitive_step(params._replace(w_out=jnp.zeros_like(params.w_out)), state, tok, cfg)
+  np.testing.assert_allclose(np.asarray(logits_z), np.broadcast_to(np.asarray(params.b_out), logits_z.shape),
+                             atol=1e-5)
+
+
+def test_same_key_same_result_and_different_key_differs():
+  cfg = tiny_config()
+  p1, s1 = brain.init(cfg, jax.random.PRNGKey(7), batch=2)
+  p2, s2 = brain.init(cfg, jax.random.PRNGKey(7), batch=2)
+  p3, _ = brain.init(cfg, jax.random.PRNGKey(8), batch=2)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert not np.array_equal(np.asarray(p1.tiles), np.asarray(p3.tiles))
+  toks = jnp.array([[3, 4, 5, 6], [7, 8, 9, 10]])
+  _, l1, _ = brain.run_sequence(p1, s1, toks, cfg)
+  _, l2, _ = brain.run_sequence(p2, s2, toks, cfg)
+  np.testing.assert_array_equal(np.asarray(l1), np.asarray(l2))
+
+
+def test_vmap_over_independent_brains_matches_loop(tiny):
+  cfg, params, state = tiny
+  states = jax.tree.map(lambda x: jnp.stack([x, x]), state)
+  toks = jnp.array([[1, 2, 3], [4, 5, 6]])
+  step = functools.partial(brain.cognitive_step, config=cfg)
+  _, logits_v, _ = jax.vmap(lambda st, tk: step(params, st, tk))(states, toks)
+  _, logits_0, _ = step(params, state, toks[0])
+  _, logits_1, _ = step(params, state, toks[1])
+  np.testing.assert_allclose(np.asarray(logits_v[0]), np.asarray(logits_0), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(logits_v[1]), np.asarray(logits_1), rtol=1e-5, atol=1e-5)
+
+
+def test_grad_through_run_sequence_is_finite_and_nonzero(tiny):
+  cfg, params, state = tiny
+  cfg32 = cfg.replace(weight_dtype="float32")
+  params = params._replace(tiles=params.tiles.astype(jnp.float32),
+                           w_out=jax.random.normal(jax.random.PRNGKey(5), params.w_out.shape) * 0.1)
+  toks = jnp.array([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]])
+
+  def loss(tiles, w_in, w_out):
+    p = params._replace(tiles=tiles, w_in=w_in, w_out=w_out)
+    _, logits, _ = brain.run_sequence(p, state, toks, cfg32)
+    return jnp.mean(jax.vmap(readout.cross_entropy)(logits[:, :-1], toks[:, 1:]))
+
+  grads = jax.grad(loss, argnums=(0, 1, 2))(params.tiles, params.w_in, params.w_out)
+  for name, g in zip(("tiles", "w_in", "w_out"), grads):
+    g = np.asarray(g)
+    assert np.all(np.isfinite(g)), name
+    assert np.abs(g).max() > 0, f"zero gradient for {name}"
