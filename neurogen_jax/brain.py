@@ -70,7 +70,7 @@ class StepAux(NamedTuple):
 
   features_BxNr: Broca traces averaged over the read phase (the readout's input).
   rates_PxA: spikes per neuron per tick in each phase and area (mean over streams).
-  pre_BxN: pre-synaptic trace averaged over learning ticks (plasticity factor).
+  pre_BxN: pre-synaptic trace at the end of the token (tau_trace low-pass of its spikes).
   post_BxN: surrogate pseudo-derivative averaged over learning ticks (e-prop factor).
   spikes_BxN: spike count of the token.
   raster_TxS: spikes of stream 0 for a strided neuron sample per tick (when asked).
@@ -144,8 +144,9 @@ def basal_ganglia_gate(config: BrainConfig, tr_BxN: jax.Array) -> jax.Array:
 
 
 class _Acc(NamedTuple):
+  """Per-token sums carried through the ticks (bf16 where exact enough: counts <= ticks)."""
+
   read_BxNr: jax.Array
-  pre_BxN: jax.Array
   post_BxN: jax.Array
   spikes_BxN: jax.Array
   learn_ticks_N: jax.Array
@@ -189,10 +190,10 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     cur_BxN = cur_BxN.at[:, :n_in].add(drive_BxNin * input_gain_Nin)
     ns, x_BxN = neuron_step(config, ns, cur_BxN, state.theta_N)
     if collect:
+      psi_BxN = pseudo_derivative(x_BxN, config.surrogate_width) * learn_N
       acc = acc._replace(
-          pre_BxN=acc.pre_BxN + ns.tr * learn_N,
-          post_BxN=acc.post_BxN + pseudo_derivative(x_BxN, config.surrogate_width) * learn_N,
-          spikes_BxN=acc.spikes_BxN + ns.s,
+          post_BxN=(acc.post_BxN + psi_BxN).astype(acc.post_BxN.dtype),
+          spikes_BxN=(acc.spikes_BxN + ns.s).astype(acc.spikes_BxN.dtype),
           learn_ticks_N=acc.learn_ticks_N + learn_N,
       )
     acc = acc._replace(read_BxNr=acc.read_BxNr + ns.tr[:, broca] * read, read_ticks=acc.read_ticks + read)
@@ -221,10 +222,11 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
 
   n, nr = config.num_neurons, config.readout_size
   z = lambda *s: jnp.zeros(s, jnp.float32)
+  h = lambda *s: jnp.zeros(s, jnp.bfloat16)
   if collect:
-    acc0 = _Acc(z(bsz, nr), z(bsz, n), z(bsz, n), z(bsz, n), z(n), z())
+    acc0 = _Acc(z(bsz, nr), h(bsz, n), h(bsz, n), z(n), z())
   else:
-    acc0 = _Acc(z(bsz, nr), z(0, 0), z(0, 0), z(0, 0), z(0), z())
+    acc0 = _Acc(z(bsz, nr), h(0, 0), h(0, 0), z(0), z())
   xs = (table.ticks_P, table.input_gain_PxNin, table.gain_PxRxK, table.learn_PxN, table.read_P,
         table.bg_gate_P)
   (ns, acc, bg_gate_B), (rates_PxA, raster_PxTxS, on_PxT) = jax.lax.scan(
@@ -234,7 +236,9 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   logits_BxV = readout.logits(params.embed, params.w_out, params.b_out, features_BxNr)
   if collect:
     denom_N = jnp.maximum(acc.learn_ticks_N, 1.0)
-    pre_BxN, post_BxN, spikes_BxN = acc.pre_BxN / denom_N, acc.post_BxN / denom_N, acc.spikes_BxN
+    pre_BxN = ns.tr
+    post_BxN = acc.post_BxN.astype(jnp.float32) / denom_N
+    spikes_BxN = acc.spikes_BxN.astype(jnp.float32)
   else:
     pre_BxN = post_BxN = spikes_BxN = jnp.zeros((0, 0), jnp.float32)
   raster_TxS = None

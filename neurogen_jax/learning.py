@@ -75,28 +75,26 @@ class ChunkMetrics(NamedTuple):
 
 
 def _local_chunk(config, pcfg, ts: TrainState, inputs_BxL, targets_BxL):
-  p_train = trainable(ts.params, "local")
   collect = pcfg.any_brain_rule
 
   def body(carry, xs):
-    params, bstate, pstate, grads = carry
+    params, bstate, pstate = carry
     tok_B, tgt_B = xs
-    bstate, _, aux = brain.cognitive_step(params, bstate, tok_B, config, collect=collect)
-    feats = jax.lax.stop_gradient(aux.features_BxNr)
-    p_now = trainable(params, "local")
-    (loss, (ce_B, logits_BxV)), g = jax.value_and_grad(_readout_loss, has_aux=True)(p_now, feats, tgt_B)
-    grads = jax.tree.map(jnp.add, grads, g)
+    bstate, logits_BxV, aux = brain.cognitive_step(params, bstate, tok_B, config, collect=collect)
+    ce_B = readout.cross_entropy(logits_BxV, tgt_B)
     params, bstate, pstate, pstats = plasticity.apply(config, pcfg, params, bstate, pstate, aux,
                                                       logits_BxV, tgt_B, ce_B, tok_B)
     correct_B = (jnp.argmax(logits_BxV, -1) == tgt_B).astype(jnp.float32)
     rate_A = jnp.mean(aux.rates_PxA, axis=0)
-    return (params, bstate, pstate, grads), (ce_B, correct_B, rate_A, pstats)
+    feats = aux.features_BxNr.astype(jnp.bfloat16)
+    return (params, bstate, pstate), (ce_B, correct_B, rate_A, pstats, feats)
 
-  zeros = jax.tree.map(jnp.zeros_like, p_train)
-  (params, bstate, pstate, grads), (ce_LxB, cor_LxB, rate_LxA, pstats) = jax.lax.scan(
-      body, (ts.params, ts.brain_state, ts.plastic, zeros), (inputs_BxL.T, targets_BxL.T))
-  n_tok = inputs_BxL.shape[1]
-  grads = jax.tree.map(lambda g: g / n_tok, grads)
+  (params, bstate, pstate), (ce_LxB, cor_LxB, rate_LxA, pstats, feats_LxBxNr) = jax.lax.scan(
+      body, (ts.params, ts.brain_state, ts.plastic), (inputs_BxL.T, targets_BxL.T))
+  # The readout learns from the whole chunk at once: one [L*B] minibatch of Broca features.
+  feats = feats_LxBxNr.reshape(-1, feats_LxBxNr.shape[-1]).astype(jnp.float32)
+  grads = jax.grad(lambda p: _readout_loss(p, feats, targets_BxL.T.reshape(-1))[0])(
+      trainable(params, "local"))
   return params, bstate, pstate, grads, ce_LxB, cor_LxB, rate_LxA, pstats
 
 

@@ -91,7 +91,11 @@ class PlasticState(NamedTuple):
   reward_mean, protein: scalars. early_W / tag_W: tiles-shaped (empty when tagging off).
   feedback_DxN: fixed random e-prop feedback (empty when e-prop and replay are off).
   replay_*: hippocampal ring buffer of M episodes (empty when replay off).
+  update_scale: running mean |dW| (the tag threshold's unit), from earlier tokens.
+  in_mean_N: each neuron's mean incoming magnitude after the last token (for scaling).
   count: tokens seen.
+  The last two lag one token so that the whole per-synapse update is one elementwise pass
+  (no reduction over the 80M synapses between the GEMMs and the write-back).
   """
 
   reward_mean: jax.Array
@@ -104,6 +108,8 @@ class PlasticState(NamedTuple):
   replay_post_MxN: jax.Array
   replay_target_M: jax.Array
   replay_filled: jax.Array
+  update_scale: jax.Array
+  in_mean_N: jax.Array
   count: jax.Array
 
 
@@ -139,6 +145,8 @@ def init_plastic_state(config: BrainConfig, pcfg: PlasticityConfig) -> PlasticSt
       replay_post_MxN=jnp.zeros((m, n if m else 0), jnp.bfloat16),
       replay_target_M=jnp.zeros((m,), jnp.int32),
       replay_filled=jnp.zeros((), jnp.int32),
+      update_scale=jnp.zeros((), jnp.float32),
+      in_mean_N=jnp.full((n,), initial_tile_mean(config), jnp.float32),
       count=jnp.zeros((), jnp.int32),
   )
 
@@ -226,7 +234,7 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
     new_early = pcfg.early_decay * early_f + d_W
     tiles = tiles - early_f + new_early
     mag = jnp.abs(d_W)
-    strong = mag > pcfg.tag_threshold * (jnp.mean(mag) + 1e-12)
+    strong = mag > pcfg.tag_threshold * pstate.update_scale
     tag_f = jnp.maximum(tag.astype(jnp.float32) * pcfg.tag_decay, strong.astype(jnp.float32))
     protein = pcfg.protein_decay * protein + (1 - pcfg.protein_decay) * jnp.maximum(jnp.mean(dopamine_B), 0.0)
     captured = jnp.where(protein > pcfg.capture_threshold, pcfg.capture_rate, 0.0) * tag_f * new_early
@@ -237,7 +245,7 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
   else:
     tiles = tiles + d_W
   stats["protein"] = protein
-  stats["update_norm"] = jnp.mean(jnp.abs(d_W)) / unit
+
 
   # 4. Homeostasis: thresholds toward the target rate, slow synaptic scaling.
   theta_N, rate_N = bstate.theta_N, bstate.rate_N
@@ -251,8 +259,7 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
     # initial value (a conserved resource, so learning redistributes rather than grows)
     # and nudged by its rate error.
     r, t = config.num_blocks, config.tile
-    mean_N = jnp.mean(tiles, axis=(1, 2)).reshape(-1)
-    norm_N = (initial_tile_mean(config) / jnp.maximum(mean_N, 1e-12)) ** pcfg.normalization_rate
+    norm_N = (initial_tile_mean(config) / jnp.maximum(pstate.in_mean_N, 1e-12)) ** pcfg.normalization_rate
     rate_N_scale = 1.0 + pcfg.scaling_lr * jnp.clip((target - rate_N) / target, -1.0, 1.0)
     tiles = tiles * (norm_N * rate_N_scale).reshape(r, 1, 1, t)
   bstate = bstate._replace(theta_N=theta_N, rate_N=rate_N)
@@ -297,8 +304,13 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
 
   w_max = pcfg.max_weight_factor * unit
   tiles = jnp.clip(tiles, 0.0, w_max)
-  stats["tile_mean"] = jnp.mean(tiles) / unit
+  in_mean_N = jnp.mean(tiles, axis=(1, 2)).reshape(-1)
+  stats["tile_mean"] = jnp.mean(in_mean_N) / unit
+  mean_update = jnp.mean(jnp.abs(d_W))
+  update_scale = jnp.where(pstate.count == 0, mean_update, 0.9 * pstate.update_scale + 0.1 * mean_update)
+  stats["update_norm"] = mean_update / unit
   params = params._replace(tiles=tiles.astype(params.tiles.dtype))
   pstate = pstate._replace(reward_mean=reward_mean, protein=protein, early_W=early, tag_W=tag,
+                           update_scale=update_scale, in_mean_N=in_mean_N,
                            count=pstate.count + 1, **p_fields)
   return params, bstate, pstate, stats
