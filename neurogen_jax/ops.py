@@ -52,7 +52,8 @@ def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain
 
   A single stream (B == 1) goes event-driven, reading only the rows of spiking neurons:
   with "pallas" always (no index needed); with "xla" when `fanout` (`build_fanout`) and
-  `max_events` are given (else dense). Every path is differentiable with the same grads.
+  `max_events` are given (else dense; on an H100 the XLA event path measured slower than
+  dense XLA, docs/KERNELS.md). Every path is differentiable with the same grads.
   """
   _check(implementation)
   if spk_BxN.shape[0] == 1 and (implementation == "pallas" or fanout is not None):

@@ -4,17 +4,17 @@ Layout (see `neurogen_jax.ops`): post block r reads K tiles; tile k reads pre bl
 `col_RxK[r, k]`, and `w_RxKxTxT[r, k, t, u]` is the synapse from pre neuron
 `col[r,k]*T + t` to post neuron `r*T + u`.
 
-Two lowerings of one algorithm. The Pallas kernel runs one program per (batch tile, post
-block r) and loops over the K tiles of r: it loads the spike block `spk[b-tile, col[r,k]*T : +T]` by a dynamic slice
-of the whole spike array (GPU index maps cannot read `col`, so the gather happens in
-the body), multiplies it with the T x T tile on the tensor cores with float32
-accumulation, and scales by `gain[r, k]`. Weights are read once per batch tile; the
-batch tiles of one r are adjacent in the launch order so that they share the tile
-through L2.
-- "triton" (`_kernel`): dynamic-slice loads of the spike block, `jnp.dot` on the tensor
-  cores; batch tiles of 16-64 rows.
-- "mosaic_gpu" (`_mosaic_kernel`): a TMA pipeline over k (`emit_pipeline`; its index map
-  reads col[r, k] in the kernel) feeding wgmma; batch tiles of 64 rows (the wgmma M).
+One program per (batch tile, post block r) loops over the K tiles of r: it loads the
+spike block spk[batch tile, col[r,k]*T : +T] (the gather happens in the body: Triton's
+index maps cannot read `col`), multiplies it with the T x T tile on the tensor cores with
+float32 accumulation, and scales by gain[r, k]. The batch tiles of one r are adjacent in
+the launch order, so they share the weight tile through L2. Two lowerings:
+- "triton" (`_kernel`, the default): dynamic-slice loads of the spike block from the
+  whole spike array, `jnp.dot`; batch tiles of 16-64 rows; int8 spikes are converted in
+  the kernel.
+- "mosaic_gpu" (`_mosaic_kernel`): a TMA pipeline over k (`emit_pipeline`, whose index
+  map reads col[r, k] in the kernel) feeding wgmma; batch tiles of 64 or 128 rows.
+docs/KERNELS.md has the measured times of both.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def _kernel(col_ref, gain_ref, spk_ref, w_ref, out_ref, *, block_b: int):
 
   def body(k, acc):
     start = pl.multiple_of(col_ref[r, k] * tile, tile)
-    spk = spk_ref[rows, pl.ds(start, tile)]
+    spk = spk_ref[rows, pl.ds(start, tile)].astype(w_ref.dtype)
     part = jnp.dot(spk, w_ref[k], preferred_element_type=jnp.float32)
     return acc + part * gain_ref[r, k]
 
@@ -113,7 +113,8 @@ def _mosaic_kernel(col_gmem, gain_gmem, spk_gmem, w_gmem, out_gmem, *, block_b: 
   def _store(out_smem):
     out_smem[...] = acc
     plmgpu.commit_smem()
-    plmgpu.copy_smem_to_gmem(out_smem, out_gmem.at[pl.ds(b * block_b, block_b), pl.ds(r * tile, tile)])
+    out_block = out_gmem.at[pl.ds(b * block_b, block_b), pl.ds(r * tile, tile)]
+    plmgpu.copy_smem_to_gmem(out_smem, out_block)
     plmgpu.wait_smem_to_gmem(0)
 
 
@@ -150,7 +151,10 @@ def _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, i
   b, n = spk_BxN.shape
   r, k_slots, t, _ = w_RxKxTxT.shape
   b_pad, block_b = batch_blocking(b, block_b)
-  spk = spk_BxN.astype(w_RxKxTxT.dtype)
+  # int8 spikes stay int8 for Triton (converted in the kernel): each spike block is
+  # re-read by ~K tiles, so one byte per spike halves that traffic.
+  keep_int8 = backend == "triton" and spk_BxN.dtype == jnp.int8
+  spk = spk_BxN if keep_int8 else spk_BxN.astype(w_RxKxTxT.dtype)
   if b_pad != b:
     spk = jnp.pad(spk, ((0, b_pad - b), (0, 0)))
   if backend == "mosaic_gpu":
@@ -167,7 +171,7 @@ def _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, i
       ],
       out_specs=pl.BlockSpec((block_b, t), lambda i, j: (i, j)),
       out_shape=jax.ShapeDtypeStruct((b_pad, n), jnp.float32),
-      compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=3),
+      compiler_params=plgpu.CompilerParams(num_warps=8 if block_b >= 128 else 4, num_stages=3),
       interpret=interpret,
       name="propagate",
   )(col_RxK.astype(jnp.int32), gain_RxK.astype(jnp.float32), spk, w_RxKxTxT)
@@ -195,7 +199,8 @@ def _propagate_bwd(block_b, backend, interpret, res, g_BxN):
   outer_RxKxTxT = plasticity.tile_outer(spk_BxN.astype(w_RxKxTxT.dtype), g_BxN, col_RxK, t,
                                         interpret=interpret)
   d_w = (outer_RxKxTxT * gain_RxK[:, :, None, None]).astype(w_RxKxTxT.dtype)
-  d_gain = jnp.sum(outer_RxKxTxT * w_RxKxTxT.astype(jnp.float32), axis=(2, 3)).astype(gain_RxK.dtype)
+  d_gain = jnp.sum(outer_RxKxTxT * w_RxKxTxT.astype(jnp.float32), axis=(2, 3))
+  d_gain = d_gain.astype(gain_RxK.dtype)
   return d_spk, d_w, None, d_gain
 
 
@@ -207,10 +212,11 @@ def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain
               interpret: bool = False) -> jax.Array:
   """Pallas block-sparse propagation, the same function as `propagate_reference`.
 
-  spk_BxN: spikes with the Dale sign applied (values in {-1, 0, 1}, bf16 or f32).
+  spk_BxN: spikes with the Dale sign applied (values in {-1, 0, 1}; int8, bf16 or f32;
+    int8 is the fastest at large B).
   w_RxKxTxT: tile magnitudes (bf16); col_RxK: int pre block of each tile; gain_RxK: f32.
   block_b: batch rows per program (triton: power of two >= 16, default min(64, pow2(B));
-    mosaic_gpu: a multiple of 64, default 64).
+    mosaic_gpu: 64 or 128, default 64).
   backend: "triton" or "mosaic_gpu" (Hopper wgmma + TMA; see docs/KERNELS.md for which is
     faster).
   Returns [B, N] float32. Differentiable (custom_vjp) in spk, w and gain.

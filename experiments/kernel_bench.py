@@ -1,0 +1,268 @@
+"""Micro-benchmark of the Pallas kernels against their XLA references, as % of the HBM floor.
+
+  python -m experiments.kernel_bench --batches=1,16,64,256            # full size (R=624)
+  python -m experiments.kernel_bench --blocks=16 --batches=1,4 --iters=3 --interpret  # CPU smoke
+
+For each kernel and batch: the median device time (CUPTI, summed over the kernels of one
+call; wall-clock of pipelined calls where CUPTI is missing), the floor = the fewest bytes
+the op must move / the bandwidth of a large device copy measured in the same run, and
+the error against the reference. Inputs are random (never zeros); each result is
+checked before it is timed. The table is printed last; --out writes it as markdown too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import statistics
+import time
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from neurogen_jax.pallas import events, neuron_update, plasticity, propagate
+
+_BLOCKS = flags.DEFINE_integer("blocks", 624, "R: row blocks (624 x 128 = 79,872 neurons).")
+_K = flags.DEFINE_integer("k", 8, "Tiles per post block (fan-in in tiles).")
+_TILE = flags.DEFINE_integer("tile", 128, "T: neurons per block.")
+_BATCHES = flags.DEFINE_list("batches", ["1", "16", "64", "256"], "Batch sizes B.")
+_RATE = flags.DEFINE_float("rate", 0.02, "Spike probability per neuron and tick.")
+_ITERS = flags.DEFINE_integer("iters", 50, "Timed calls per measurement.")
+_KERNELS = flags.DEFINE_list("kernels", ["propagate", "events", "tile_outer", "tile_update", "alif"],
+                             "Which kernels to time.")
+_OUT = flags.DEFINE_string("out", "", "Also write the table (markdown) to this file.")
+_INTERPRET = flags.DEFINE_bool("interpret", False, "Run the Pallas kernels in interpret mode "
+                               "(a CPU smoke test of this script; times mean nothing then).")
+
+ALIF = dict(a_s=0.6065, a_m=0.7788, a_a=0.9753, a_t=0.9048, beta=0.5, threshold=1.0, width=0.5)
+
+
+@dataclasses.dataclass
+class Row:
+  kernel: str
+  batch: int
+  impl: str
+  us: float | None
+  floor_us: float
+  err: float | None
+  note: str = ""
+  speedup: float | None = None
+
+
+def _cupti():
+  try:
+    from jax.experimental.mosaic.gpu import profiler  # pylint: disable=g-import-not-at-top
+    return profiler
+  except ImportError:
+    return None
+
+
+def time_us(fn, *args, iters: int, chain: bool = False) -> float:
+  """Median device time of one call of the jitted fn, in microseconds (after warm-up).
+
+  chain: fn donates its first argument and returns its new value (an in-place update):
+  calls are chained, x = fn(x, ...), and timed by the wall clock over pipelined calls.
+  """
+  if chain:
+    x, rest = args[0], args[1:]
+    for _ in range(2):
+      x = jax.block_until_ready(fn(x, *rest))
+    samples = []
+    for _ in range(5):
+      t0 = time.perf_counter()
+      for _ in range(iters):
+        x = fn(x, *rest)
+      jax.block_until_ready(x)
+      samples.append((time.perf_counter() - t0) / iters)
+    return 1e6 * statistics.median(samples)
+  jax.block_until_ready(fn(*args))  # compile + warm-up
+  jax.block_until_ready(fn(*args))
+  profiler = _cupti() if jax.devices()[0].platform == "gpu" else None
+  if profiler is not None:
+    try:
+      _, times_ms = profiler.measure(fn, iterations=iters)(*args)
+      if times_ms:
+        times_ms = times_ms if isinstance(times_ms, list) else [times_ms]
+        return 1e3 * statistics.median(times_ms)
+    except RuntimeError:  # CUPTI unavailable or busy: fall back to wall-clock
+      pass
+  samples = []
+  for _ in range(5):
+    t0 = time.perf_counter()
+    outs = [fn(*args) for _ in range(iters)]
+    jax.block_until_ready(outs)
+    samples.append((time.perf_counter() - t0) / iters)
+  return 1e6 * statistics.median(samples)
+
+
+def rel_err(out, ref) -> float:
+  """max |out - ref| / max |ref| over all outputs (NaN if any output is not finite)."""
+  worst = 0.0
+  for o, r in zip(jax.tree.leaves(out), jax.tree.leaves(ref), strict=True):
+    o = np.asarray(jnp.asarray(o, jnp.float32))
+    r = np.asarray(jnp.asarray(r, jnp.float32))
+    if not np.all(np.isfinite(o)):
+      return float("nan")
+    worst = max(worst, float(np.max(np.abs(o - r)) / max(np.max(np.abs(r)), 1e-30)))
+  return worst
+
+
+def copy_bandwidth(iters: int) -> float:
+  """Bytes per second of a large elementwise copy (read + write), the HBM ceiling."""
+  n = 1 << 28 if jax.devices()[0].platform == "gpu" else 1 << 22
+  x = jax.random.uniform(jax.random.key(0), (n,), jnp.float32)
+  us = time_us(jax.jit(lambda a: a + 1.0), x, iters=iters)
+  return 2 * 4 * n / (us * 1e-6)
+
+
+def measure(rows, kernel, batch, impl, fn, args, ref, floor_us, iters, note="", chain=False):
+  """Check fn(*args) against ref, then time it; failures become a row, not a crash."""
+  try:
+    check_args = (jnp.copy(args[0]), *args[1:]) if chain else args  # chain donates args[0]
+    err = rel_err(fn(*check_args), ref) if ref is not None else None
+    us = time_us(fn, *args, iters=iters, chain=chain)
+  except Exception as e:  # pylint: disable=broad-except
+    traceback.print_exc()
+    rows.append(Row(kernel, batch, impl, None, floor_us, None, f"FAILED: {type(e).__name__}"))
+    return
+  rows.append(Row(kernel, batch, impl, us, floor_us, err, note))
+
+
+def main(argv):
+  del argv
+  r, k, t = _BLOCKS.value, _K.value, _TILE.value
+  n, synapses, iters = r * t, r * k * t * t, _ITERS.value
+  dev = jax.devices()[0]
+  print(f"device: {dev.device_kind} ({dev.platform}); jax {jax.__version__}; R={r} K={k} T={t} "
+        f"N={n} synapses={synapses / 1e6:.1f}M rate={_RATE.value}", flush=True)
+  bw = copy_bandwidth(iters)
+  print(f"copy bandwidth (read+write): {bw / 1e12:.2f} TB/s", flush=True)
+  floor = lambda nbytes: 1e6 * nbytes / bw
+
+  kc, kw, kg, ks, kp, kq = jax.random.split(jax.random.key(1), 6)
+  col = jax.random.randint(kc, (r, k), 0, r)
+  w = jax.random.uniform(kw, (r, k, t, t), minval=0.05, maxval=1.0).astype(jnp.bfloat16)
+  gain = jax.random.uniform(kg, (r, k), minval=-1.0, maxval=1.0)
+  w_bytes = synapses * 2
+  rows: list[Row] = []
+  xla = jax.jit
+  interp = dict(interpret=_INTERPRET.value)
+
+  for batch in [int(b) for b in _BATCHES.value]:
+    spk_on = jax.random.uniform(jax.random.fold_in(ks, batch), (batch, n)) < _RATE.value
+    spk = jnp.where(jax.random.uniform(kp, (batch, n)) < 0.8, 1.0, -1.0) * spk_on
+    spk = spk.astype(jnp.bfloat16)
+    print(f"B={batch}: {int(jnp.sum(spk_on))} spikes", flush=True)
+
+    if "propagate" in _KERNELS.value:
+      ref_fn = xla(propagate.propagate_reference)
+      ref = ref_fn(spk, w, col, gain)
+      fl = floor(w_bytes + batch * n * (2 + 4))
+      measure(rows, "propagate", batch, "xla", ref_fn, (spk, w, col, gain), ref, fl, iters)
+      variants = [("triton", None)]
+      if batch >= 128:
+        variants.append(("triton", 128))
+      if batch >= 32:
+        variants.append(("triton", 32))
+      variants += [("mosaic_gpu", None)] + ([("mosaic_gpu", 128)] if batch >= 128 else [])
+      for backend, block_b in variants:
+        fn = jax.jit(functools.partial(propagate.propagate, backend=backend, block_b=block_b, **interp))
+        impl = f"pallas-{backend}" + (f"-b{block_b}" if block_b else "")
+        measure(rows, "propagate", batch, impl, fn, (spk, w, col, gain), ref, fl, iters)
+      fn = jax.jit(functools.partial(propagate.propagate, **interp))
+      measure(rows, "propagate", batch, "pallas-triton-int8", fn, (spk.astype(jnp.int8), w, col, gain),
+              ref, floor(w_bytes + batch * n * (1 + 4)), iters, note="int8 spikes")
+
+    if "events" in _KERNELS.value and batch == 1:
+      s_n = spk[0]
+      ref = propagate.propagate_reference(s_n[None], w, col, gain)[0]
+      fanout = events.build_fanout(col, r)
+      per_block = np.bincount(np.asarray(col).ravel(), minlength=r)
+      live = np.asarray(s_n != 0)
+      rows_read = int(np.sum(per_block[np.nonzero(live)[0] // t]))
+      fl = floor(rows_read * t * 2 + n * (2 + 4))
+      max_events = int(2 * _RATE.value * n) + 64
+      ev_xla = jax.jit(lambda s, ww, g: events.propagate_events(s, ww, col, g, fanout, max_events))
+      measure(rows, "propagate_events", 1, "xla-events", ev_xla, (s_n, w, gain), ref, fl, iters,
+              note=f"max_events={max_events}, {rows_read} rows")
+      ev_pallas = jax.jit(lambda s, ww, g: events.propagate_events_pallas(s, ww, col, g, **interp))
+      measure(rows, "propagate_events", 1, "pallas-events", ev_pallas, (s_n, w, gain), ref, fl,
+              iters, note=f"{rows_read} rows")
+
+    if "tile_outer" in _KERNELS.value or "tile_update" in _KERNELS.value:
+      pre = jax.random.uniform(jax.random.fold_in(kp, batch), (batch, n))
+      post = jax.random.normal(jax.random.fold_in(kq, batch), (batch, n))
+      traces = 2 * batch * n * 4
+      pre16, post16 = pre.astype(jnp.bfloat16), post.astype(jnp.bfloat16)
+    if "tile_outer" in _KERNELS.value:
+      ref_fn = xla(functools.partial(plasticity.tile_outer_reference, tile=t))
+      ref = ref_fn(pre, post, col)
+      fl = floor(synapses * 4 + traces)
+      measure(rows, "tile_outer", batch, "xla", ref_fn, (pre, post, col), ref, fl, iters)
+      fn = jax.jit(functools.partial(plasticity.tile_outer, tile=t, **interp))
+      measure(rows, "tile_outer", batch, "pallas-triton", fn, (pre, post, col), ref, fl, iters,
+              note="f32 traces: TF32 dot")
+      measure(rows, "tile_outer", batch, "pallas-triton-bf16", fn, (pre16, post16, col), ref,
+              floor(synapses * 4 + traces // 2), iters, note="bf16 traces")
+      del ref
+    if "tile_update" in _KERNELS.value:
+      scale = 1e-3
+      ref = plasticity.tile_update_reference(w, pre, post, col, scale, 0.0, 1.0)
+      fl = floor(2 * w_bytes + traces)
+      # Donated w (updated in place), as in training; each call gets a fresh copy of w.
+      ref_fn = jax.jit(lambda ww, a, b: plasticity.tile_update_reference(ww, a, b, col, scale,
+                                                                         0.0, 1.0),
+                       donate_argnums=0)
+      measure(rows, "tile_update", batch, "xla", ref_fn, (jnp.copy(w), pre, post), ref, fl, iters,
+              chain=True, note="w donated; wall clock")
+      fn = jax.jit(lambda ww, a, b: plasticity.tile_update(ww, a, b, col, scale, 0.0, 1.0, **interp),
+                   donate_argnums=0)
+      measure(rows, "tile_update", batch, "pallas-triton", fn, (jnp.copy(w), pre, post), ref, fl,
+              iters, chain=True, note="w donated; wall clock")
+      measure(rows, "tile_update", batch, "pallas-triton-bf16", fn, (jnp.copy(w), pre16, post16), ref,
+              floor(2 * w_bytes + traces // 2), iters, chain=True,
+              note="bf16 traces; w donated; wall clock")
+      del ref
+
+    if "alif" in _KERNELS.value:
+      keys = jax.random.split(jax.random.fold_in(kq, 7 * batch), 6)
+      shape = (batch, n)
+      state = [jax.random.uniform(keys[0], shape, minval=-0.5, maxval=1.5),
+               jax.random.normal(keys[1], shape), jax.random.uniform(keys[2], shape, maxval=0.5),
+               jax.random.uniform(keys[3], shape), 0.5 * jax.random.normal(keys[4], shape)]
+      theta = jax.random.uniform(keys[5], (n,), maxval=0.2)
+      ref_fn = xla(functools.partial(neuron_update.alif_update_reference, **ALIF))
+      ref = ref_fn(*state, theta)
+      fl = floor(11 * batch * n * 4 + n * 4)
+      measure(rows, "alif_update", batch, "xla", ref_fn, (*state, theta), ref, fl, iters)
+      fn = jax.jit(functools.partial(neuron_update.alif_update, **ALIF, **interp))
+      measure(rows, "alif_update", batch, "pallas-triton", fn, (*state, theta), ref, fl, iters)
+
+  base = {(row.kernel, row.batch): row.us for row in rows if row.impl == "xla" and row.us}
+  base[("propagate_events", 1)] = base.get(("propagate", 1))  # events vs the dense XLA path
+  for row in rows:
+    b = base.get((row.kernel, row.batch))
+    row.speedup = b / row.us if (b and row.us) else None
+  header = "| kernel | B | impl | µs | floor µs | % of floor | speedup vs XLA | rel err | note |"
+  lines = [header, "|" + "---|" * 9]
+  for row in rows:
+    us = f"{row.us:.1f}" if row.us else "-"
+    pct = f"{100 * row.floor_us / row.us:.0f}%" if row.us else "-"
+    sp = f"{row.speedup:.2f}x" if row.speedup else "-"
+    err = f"{row.err:.1e}" if row.err is not None else "-"
+    lines.append(f"| {row.kernel} | {row.batch} | {row.impl} | {us} | {row.floor_us:.1f} | {pct} | "
+                 f"{sp} | {err} | {row.note} |")
+  table = "\n".join(lines)
+  summary = (f"{dev.device_kind}, jax {jax.__version__}, R={r} K={k} T={t}, rate {_RATE.value}, "
+             f"copy {bw / 1e12:.2f} TB/s")
+  print("\n" + summary + "\n" + table, flush=True)
+  if _OUT.value:
+    with open(_OUT.value, "w", encoding="utf-8") as f:
+      f.write(summary + "\n\n" + table + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
