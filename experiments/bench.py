@@ -4,7 +4,8 @@
 
 Every figure is also given as % of its HBM floor, measured in the same run: the floor
 of one tick is (weight bytes + state bytes read and written) / copy bandwidth, with the
-copy bandwidth of a large device-to-device copy timed here (bytes read + written).
+copy bandwidth of a 1 GiB elementwise copy timed here with the kernel benchmark's
+method (CUPTI device time, bytes read + written).
 Prints a table and writes JSON lines to --out.
 """
 
@@ -22,6 +23,7 @@ from absl import app, flags
 from neurogen_jax import brain, learning
 from neurogen_jax.config import BrainConfig
 from neurogen_jax.plasticity import PlasticityConfig
+from experiments.timing import copy_bandwidth
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("batches", "1,16,64,256", "comma-separated stream counts B")
@@ -35,19 +37,6 @@ flags.DEFINE_bool("find_max_batch", False, "double B (learning on) until it no l
 
 # Per neuron and stream, each tick reads and writes v, i, a, tr (f32) and s: 5 x 4 B each way.
 STATE_BYTES_PER_NEURON = 2 * 5 * 4
-
-
-def copy_bandwidth(n_bytes: int = 2 << 30) -> float:
-  """Bytes/s of a large device-to-device copy, counting bytes read plus bytes written."""
-  x = jnp.ones((n_bytes // 4,), jnp.float32)
-  f = jax.jit(lambda a: a * 1.0001)
-  f(x).block_until_ready()
-  times = []
-  for _ in range(10):
-    t = time.perf_counter()
-    f(x).block_until_ready()
-    times.append(time.perf_counter() - t)
-  return 2 * n_bytes / float(np.median(times))
 
 
 def tick_floor_s(config: BrainConfig, batch: int, bandwidth: float) -> float:
@@ -100,7 +89,7 @@ def bench_point(config: BrainConfig, batch: int, learn: bool, n_tokens: int, rep
 def main(argv):
   del argv
   dev = jax.devices()[0]
-  bw = copy_bandwidth()
+  bw = copy_bandwidth(iters=30)
   print(f"device: {dev.device_kind} ({dev.platform}); copy bandwidth {bw / 1e12:.2f} TB/s; "
         f"date {time.strftime('%Y-%m-%d')}", flush=True)
   rows = []

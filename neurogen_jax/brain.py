@@ -21,7 +21,7 @@ from neurogen_jax import ops, readout
 from neurogen_jax.config import BrainConfig
 from neurogen_jax.connectivity import Connectivity, build_connectivity, init_tiles
 from neurogen_jax.neurons import NeuronState, init_neuron_state, neuron_step, pseudo_derivative
-from neurogen_jax.phases import PhaseTable, phase_table
+from neurogen_jax.phases import phase_table
 
 # How sharply the basal ganglia's Go-NoGo difference opens Broca's gate.
 BG_GATE_SLOPE = 4.0
@@ -170,7 +170,7 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   """
   conn = params.conn
   table = phase_table(config, conn)
-  n_in, t = config.input_size, config.tile
+  n_in = config.input_size
   broca = config.area_slice(config.readout_area)
   bsz = token_ids_B.shape[0]
 
