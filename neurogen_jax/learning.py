@@ -68,6 +68,7 @@ def _readout_loss(p: dict, features_BxNr: jax.Array, targets_B: jax.Array) -> tu
 
 class ChunkMetrics(NamedTuple):
   loss: jax.Array          # mean cross entropy over the chunk, nats/token
+  finite: jax.Array        # False: NaN/Inf appeared, the update was skipped (state unchanged)
   loss_BxL: jax.Array      # per token
   correct_BxL: jax.Array   # top-1 hit per token
   rates_A: jax.Array       # mean spikes/neuron/tick per area
@@ -124,7 +125,12 @@ def _bptt_chunk(config, pcfg, ts: TrainState, inputs_BxL, targets_BxL):
 def train_chunk(ts: TrainState, inputs_BxL: jax.Array, targets_BxL: jax.Array, *, config: BrainConfig,
                 pcfg: PlasticityConfig, optimizer: optax.GradientTransformation, mode: str = "local"
                 ) -> tuple[TrainState, ChunkMetrics]:
-  """Trains on one chunk: inputs/targets int32 [B, L] (targets = next tokens)."""
+  """Trains on one chunk: inputs/targets int32 [B, L] (targets = next tokens).
+
+  If anything non-finite appears (loss, weights, brain or plasticity state), the update is
+  skipped: the returned state equals `ts` except that `step` advances, and
+  `metrics.finite` is False (the caller counts these and may roll back).
+  """
   chunk = _bptt_chunk if mode == "bptt" else _local_chunk
   params, bstate, pstate, grads, ce_LxB, cor_LxB, rate_LxA, pstats = chunk(
       config, pcfg, ts, inputs_BxL, targets_BxL)
@@ -134,10 +140,18 @@ def train_chunk(ts: TrainState, inputs_BxL: jax.Array, targets_BxL: jax.Array, *
   if "tiles" in p_train:  # Dale's law: magnitudes stay non-negative.
     p_train["tiles"] = jnp.maximum(p_train["tiles"], 0).astype(params.tiles.dtype)
   params = params._replace(**p_train)
-  metrics = ChunkMetrics(loss=jnp.mean(ce_LxB), loss_BxL=ce_LxB.T, correct_BxL=cor_LxB.T,
+  new_ts = TrainState(params, opt_state, bstate, pstate, ts.step + 1)
+  # Guard: a NaN/Inf anywhere (loss, weights, state) skips the whole update.
+  finite = jnp.all(jnp.isfinite(ce_LxB))
+  for leaf in jax.tree.leaves((params, bstate, pstate)):
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+      finite &= jnp.all(jnp.isfinite(leaf))
+  new_ts = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_ts, ts)
+  new_ts = new_ts._replace(step=ts.step + 1)
+  metrics = ChunkMetrics(loss=jnp.mean(ce_LxB), finite=finite, loss_BxL=ce_LxB.T, correct_BxL=cor_LxB.T,
                          rates_A=jnp.mean(rate_LxA, axis=0),
                          plastic=jax.tree.map(lambda x: jnp.mean(x, axis=0), pstats))
-  return TrainState(params, opt_state, bstate, pstate, ts.step + 1), metrics
+  return new_ts, metrics
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
