@@ -103,6 +103,9 @@ def _bptt_chunk(config, pcfg, ts: TrainState, inputs_BxL, targets_BxL):
   def loss_fn(p_train, params, bstate):
     params = params._replace(**p_train)
 
+    # Rematerialise each token's ticks in the backward pass: memory holds one brain state
+    # per token, not one per tick.
+    @jax.checkpoint
     def body(bs, xs):
       tok_B, tgt_B = xs
       bs, logits_BxV, aux = brain.cognitive_step(params, bs, tok_B, config, collect=False)
