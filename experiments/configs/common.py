@@ -1,0 +1,99 @@
+"""The schema every config shares; `default`, `tiny` and `slimpajama` change a few values.
+
+Sections (read by `neurogen_jax.train.Trainer`):
+  seed, run_dir, resume ('auto'|'yes'|'no'), init_from (checkpoint or run to fine-tune from)
+  brain:      every BrainConfig field that a command line can set (`vocab_size` comes from
+              the tokenizer), plus `phase_ticks`, the ticks of the five phases
+  plasticity: every PlasticityConfig field (switches and rates of the local rules)
+  data:       files (local .txt/.jsonl/.jsonl.zst/.parquet: glob, comma list or directory;
+              empty = `dataset_name`), dataset_name ('shakespeare' = the default corpus,
+              else a Hugging Face dataset), split, streaming, tokenizer ('' = train a
+              sentencepiece BPE of `vocab_size` on `sample_chars` characters of the data,
+              'bytes' = ByteTokenizer, else the path of a saved tokenizer), vocab_size,
+              sample_chars (also the sample of the unigram readout bias), max_seq_length
+              (documents reach the streams in segments of at most this many tokens, each
+              followed by eos), num_epochs (passes over local files, 0 = endless)
+  train:      mode ('local' rules or the 'bptt' control), batch_size (B streams),
+              tokens_per_chunk, chunk_len (L tokens per stream per chunk; by default
+              tokens_per_chunk // batch_size), max_chunks (0 = until the data ends),
+              learning_rate, grad_clip, weight_decay, log_interval and
+              checkpoint_interval (in chunks), keep_checkpoints, gpu_device
+
+A chunk is one `learning.train_chunk` call: B streams x L tokens, one optimizer update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import ml_collections
+
+from neurogen_jax.config import BrainConfig, seed_phases
+from neurogen_jax.plasticity import PlasticityConfig
+
+# BrainConfig fields that are not plain settings: the area/pathway tables stay the seed's,
+# the phase table is built from `phase_ticks`, and the vocabulary is the tokenizer's.
+BRAIN_FIELDS_NOT_IN_CONFIG = ("areas", "pathways", "phases", "vocab_size")
+SEED_PHASE_TICKS = inspect.signature(seed_phases).parameters["ticks"].default
+
+
+def brain_fields(**overrides) -> ml_collections.ConfigDict:
+  """Every settable BrainConfig field at its default, then `overrides`."""
+  values = {f.name: f.default for f in dataclasses.fields(BrainConfig)
+            if f.name not in BRAIN_FIELDS_NOT_IN_CONFIG and f.default is not dataclasses.MISSING}
+  values["phase_ticks"] = SEED_PHASE_TICKS
+  return _with_overrides(values, overrides, "brain")
+
+
+def plasticity_fields(**overrides) -> ml_collections.ConfigDict:
+  """Every PlasticityConfig field at its default, then `overrides`."""
+  values = {f.name: f.default for f in dataclasses.fields(PlasticityConfig)
+            if f.default is not dataclasses.MISSING}
+  return _with_overrides(values, overrides, "plasticity")
+
+
+def _with_overrides(values: dict, overrides: dict, section: str) -> ml_collections.ConfigDict:
+  unknown = sorted(set(overrides) - set(values))
+  if unknown:
+    raise ValueError(f"{section}: unknown fields {unknown}; known: {sorted(values)}")
+  values.update(overrides)
+  return ml_collections.ConfigDict(values)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The full-size brain on the default corpus; every field any config may set."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.run_dir = "runs/default"
+  config.resume = "auto"
+  config.init_from = ""
+  config.brain = brain_fields()
+  config.plasticity = plasticity_fields()
+  config.data = ml_collections.ConfigDict(dict(
+      files="",
+      dataset_name="shakespeare",
+      split="train",
+      streaming=True,
+      tokenizer="",
+      vocab_size=4096,
+      sample_chars=20_000_000,
+      max_seq_length=2048,
+      num_epochs=1,
+  ))
+  config.train = ml_collections.ConfigDict(dict(
+      mode="local",
+      batch_size=64,
+      tokens_per_chunk=4096,
+      max_chunks=0,
+      learning_rate=1e-3,
+      grad_clip=1.0,
+      weight_decay=0.0,
+      log_interval=10,
+      checkpoint_interval=100,
+      keep_checkpoints=3,
+      gpu_device=0,
+  ))
+  config.train.chunk_len = (config.train.get_ref("tokens_per_chunk")
+                            // config.train.get_ref("batch_size"))
+  return config

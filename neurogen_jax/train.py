@@ -1,0 +1,607 @@
+"""The training harness: `Trainer(config).train()` with progress, metrics, checkpoints, resume.
+
+One chunk = one `learning.train_chunk` call on B streams x L tokens (`config.train`).
+The loop:
+  * streams packed documents (`data.PackedBatches`) through `train_chunk`; the host
+    prepares the next batch while the device computes the current one;
+  * shows a tqdm bar over tokens (current and average loss, tokens/s) when stderr is a
+    terminal, and every `log_interval` chunks prints a line of brain statistics, calls
+    `log_callback(step, loss, stats)`, appends to `RUN/metrics.jsonl` and writes
+    TensorBoard events to `RUN/tensorboard/`;
+  * saves `RUN/checkpoints/checkpoint_step_N` every `checkpoint_interval` chunks, at the
+    end, and on SIGINT/SIGTERM (then returns; a second signal aborts at once).
+
+Starting: with checkpoints in the run directory, `resume='auto'` asks "Load checkpoint?
+(y/n)" when stdin is a terminal and loads otherwise; 'yes' loads (or fails), 'no' moves
+the old run's files aside and starts afresh. Resume is exact: the state, the RNG key and
+the data iterator come back bit for bit, so k chunks + resume to N == N chunks straight.
+`init_from` starts from another run's weights with a fresh optimizer and fresh data.
+
+A fresh run trains its tokenizer (sentencepiece, `config.data.vocab_size` pieces) on the
+first `data.sample_chars` characters of the data, or loads `config.data.tokenizer`, and
+sets the readout bias to the unigram log-probabilities of that sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from tensorboardX import SummaryWriter
+
+from neurogen_jax import checkpoint, data, learning, readout
+from neurogen_jax import tokenizer as tokenizer_lib
+from neurogen_jax.checkpoint import CheckpointError
+from neurogen_jax.config import BrainConfig, seed_phases
+from neurogen_jax.corpus import DataSourceError
+from neurogen_jax.plasticity import STAT_KEYS, PlasticityConfig
+
+LogCallback = Callable[[int, float, dict[str, float]], None]
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+TOKENIZER_DIR = "tokenizer"
+CHECKPOINT_DIR = "checkpoints"
+RESUME_CHOICES = ("auto", "yes", "no")
+MODES = ("local", "bptt")
+BYTES_TOKENIZER = "bytes"
+_INIT_OPTIMIZER = learning.make_optimizer(1.0)
+
+
+class ConfigError(ValueError):
+  """A config value cannot work; the message names the field and what to set instead."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+  """How a `Trainer.train()` call ended.
+
+  stopped: 'max_chunks', 'end_of_data', or the signal's name ('SIGINT', 'SIGTERM').
+  loss: mean cross entropy (nats/token) over this call's chunks (nan if none ran).
+  checkpoint: the last checkpoint written or loaded (None if there is none).
+  """
+
+  step: int
+  tokens: int
+  loss: float
+  stopped: str
+  checkpoint: Path | None
+
+
+# ---------------------------------------------------------------- configs from the dict
+
+
+def brain_config_from(config: ml_collections.ConfigDict, vocab_size: int) -> BrainConfig:
+  """The BrainConfig of `config.brain` (see experiments/configs/common.py)."""
+  values = dict(config.brain.to_dict())
+  ticks = values.pop("phase_ticks", None)
+  known = {f.name for f in dataclasses.fields(BrainConfig)}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise ConfigError(f"config.brain has fields BrainConfig does not know: {unknown}.")
+  if ticks is not None:
+    if len(ticks) != 5:
+      raise ConfigError(f"config.brain.phase_ticks needs 5 tick counts (sensation, perception, "
+                        f"integration, selection, action), got {tuple(ticks)}.")
+    values["phases"] = seed_phases(tuple(int(t) for t in ticks),
+                                   n_pathways=len(BrainConfig().pathways))
+  for name, value in values.items():
+    if isinstance(value, list):
+      values[name] = tuple(value)
+  try:
+    return BrainConfig(vocab_size=vocab_size, **values)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config.brain: {e}") from e
+
+
+def plasticity_config_from(config: ml_collections.ConfigDict) -> PlasticityConfig:
+  values = {k: tuple(v) if isinstance(v, list) else v
+            for k, v in config.plasticity.to_dict().items()}
+  try:
+    return PlasticityConfig(**values)
+  except TypeError as e:
+    raise ConfigError(f"config.plasticity: {e}") from e
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  t = config.train
+  if config.resume not in RESUME_CHOICES:
+    raise ConfigError(f"resume must be one of {RESUME_CHOICES}, got {config.resume!r}.")
+  if t.mode not in MODES:
+    raise ConfigError(f"train.mode must be one of {MODES}, got {t.mode!r}.")
+  for name in ("batch_size", "chunk_len", "log_interval", "checkpoint_interval"):
+    if int(t[name]) < 1:
+      raise ConfigError(f"train.{name} must be >= 1, got {t[name]} (chunk_len defaults to "
+                        "tokens_per_chunk // batch_size).")
+  for name in ("max_chunks", "keep_checkpoints", "gpu_device"):
+    if int(t[name]) < 0:
+      raise ConfigError(f"train.{name} must be >= 0, got {t[name]}.")
+  if not config.run_dir:
+    raise ConfigError("run_dir is empty; pass --run_dir=DIR.")
+  if config.data.max_seq_length < 1:
+    raise ConfigError(f"data.max_seq_length must be >= 1, got {config.data.max_seq_length}.")
+
+
+def enable_compilation_cache(directory: str | os.PathLike) -> None:
+  """Keeps compiled XLA programs in `directory` so that later runs start in seconds.
+
+  JAX_COMPILATION_CACHE_DIR, when set, wins.
+  """
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", os.fspath(Path(directory).expanduser()))
+
+
+# ------------------------------------------------------------------------------ trainer
+
+
+class Trainer:
+  """Trains a brain as `config` says (an ml_collections ConfigDict, see experiments/configs).
+
+  Args:
+    config: the run's config; `run_dir`, `resume` and `init_from` are in it.
+    dataset: documents to train on instead of `config.data`: an iterable of strings (a
+      list resumes exactly) or a grain IterDataset of strings.
+    log_callback: called every `log_interval` chunks as `fn(step, loss, stats)` with the
+      interval's mean loss (nats/token) and a flat dict of floats (see
+      `_Interval.statistics`).
+
+  Construction prepares everything (data, tokenizer, state, resume or init_from);
+  `train()` runs the loop. `init_from` only counts when the run starts afresh: a
+  fine-tuning run that was interrupted resumes from its own checkpoints.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               dataset: grain.IterDataset | Iterable[str] | None = None,
+               log_callback: LogCallback | None = None):
+    _check_config(config)
+    self.config = config
+    self.log_callback = log_callback
+    self.run_dir = Path(config.run_dir).expanduser()
+    self.checkpoint_dir = self.run_dir / CHECKPOINT_DIR
+    self.batch_size = int(config.train.batch_size)
+    self.chunk_len = int(config.train.chunk_len)
+    self.mode = config.train.mode
+    self.device = _pick_device(int(config.train.gpu_device))
+    self.plasticity_config = plasticity_config_from(config)
+    self.optimizer = learning.make_optimizer(config.train.learning_rate, config.train.grad_clip,
+                                             config.train.weight_decay)
+    self._dataset_kind = "config" if dataset is None else f"python:{type(dataset).__name__}"
+    self._documents = data.as_documents(dataset) if dataset is not None else _documents(config.data)
+    self._elapsed_s = 0.0
+    self.last_checkpoint: Path | None = None
+
+    resume_from = self._resume_choice()
+    self.run_dir.mkdir(parents=True, exist_ok=True)
+    with jax.default_device(self.device):
+      if resume_from is not None:
+        self._resume(resume_from)
+      else:
+        self._start()
+
+  # ---- starting
+
+  def _resume_choice(self) -> Path | None:
+    latest = checkpoint.latest_checkpoint(self.checkpoint_dir)
+    choice = self.config.resume
+    if latest is None:
+      if choice == "yes":
+        raise ConfigError(f"resume='yes' but {self.checkpoint_dir} holds no checkpoint; use "
+                          "--resume=auto or point --run_dir at the run to resume.")
+      return None
+    if choice == "no":
+      return None
+    if choice == "auto" and sys.stdin is not None and sys.stdin.isatty():
+      return latest.path if _ask_yes_no(f"Found {latest.path} (step {latest.step}). "
+                                        "Load checkpoint? (y/n) ") else None
+    return latest.path
+
+  def _start(self) -> None:
+    """A fresh run: tokenizer, initial state (or init_from's weights), data from the start."""
+    self._archive_previous_run()
+    init_from = checkpoint.find_checkpoint(self.config.init_from) if self.config.init_from else None
+    sample = None
+    if init_from is not None and (init_from / checkpoint.TOKENIZER_DIR).is_dir():
+      self.tokenizer = checkpoint.load_tokenizer(init_from)
+    elif init_from is not None:  # saved by NeuroGenModel, which works on token ids
+      if not self.config.data.tokenizer:
+        raise ConfigError(f"init_from={init_from} holds no tokenizer; set data.tokenizer to the "
+                          f"one its token ids come from ('{BYTES_TOKENIZER}' or a path).")
+      self.tokenizer = self._make_tokenizer([])
+    else:
+      sample = _sample_texts(self._documents, int(self.config.data.sample_chars))
+      self.tokenizer = self._make_tokenizer(sample)
+    self.tokenizer.save(self.run_dir / TOKENIZER_DIR)
+    self.brain_config = brain_config_from(self.config, self.tokenizer.vocab_size)
+    self._rng, init_key = jax.random.split(jax.random.PRNGKey(int(self.config.seed)))
+    # The optimizer's learning rate is a constant of its init: the (slow to compile) brain
+    # initialiser is built with a fixed one, so that a new learning rate reuses the compiled
+    # program, and the real optimizer state is made on its own.
+    init = jax.jit(functools.partial(learning.init_train_state, self.brain_config,
+                                     self.plasticity_config, _INIT_OPTIMIZER, batch=self.batch_size,
+                                     mode=self.mode))
+    ts = init(init_key)
+    opt_state = jax.jit(self.optimizer.init)(learning.trainable(ts.params, self.mode))
+    ts = ts._replace(opt_state=opt_state)
+    if init_from is not None:
+      ts = self._load_weights(ts, init_from)
+    else:
+      bias = readout.unigram_bias(self.tokenizer.encode("".join(sample)),
+                                  self.brain_config.vocab_size)
+      ts = ts._replace(params=ts.params._replace(b_out=jnp.asarray(bias)))
+    # Committed to the device like restored arrays: a fresh, a fine-tuned and a resumed run
+    # then share one compiled train_chunk (committed-ness is part of jit's cache key).
+    self.train_state = jax.device_put(ts, self.device)
+    self.step = 0
+    self.tokens = 0
+    self._batches = iter(self._packed())
+
+  def _make_tokenizer(self, sample: list[str]):
+    spec = self.config.data.tokenizer
+    if spec == BYTES_TOKENIZER:
+      return tokenizer_lib.ByteTokenizer()
+    if spec:
+      try:
+        return tokenizer_lib.load_tokenizer(spec)
+      except (OSError, RuntimeError) as e:
+        raise ConfigError(f"data.tokenizer={spec!r}: cannot load it ({e}). Give a tokenizer.model "
+                          f"file or a directory holding one, '{BYTES_TOKENIZER}', or '' to train "
+                          "one.") from e
+    prefix = self.run_dir / TOKENIZER_DIR / Path(tokenizer_lib.MODEL_FILENAME).stem
+    try:
+      return tokenizer_lib.train_tokenizer(sample, int(self.config.data.vocab_size), prefix,
+                                           sample_chars=int(self.config.data.sample_chars))
+    except ValueError as e:
+      raise ConfigError(f"data.vocab_size: {e}") from e
+
+  def _load_weights(self, ts: learning.TrainState, source: Path) -> learning.TrainState:
+    """init_from: the source's parameters and homeostatic thresholds; the rest stays fresh."""
+    loaded = checkpoint.load_brain(source, device=self.device)
+    changed = checkpoint.config_differences(loaded.metadata["brain_config"],
+                                            checkpoint.config_to_dict(self.brain_config))
+    if changed:
+      _say(f"init_from {source}: brain settings differ from the checkpoint's (weights are "
+           f"reused as they are): {'; '.join(changed)}")
+    if jax.tree.structure(loaded.params) != jax.tree.structure(ts.params) or any(
+        a.shape != b.shape or a.dtype != b.dtype
+        for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(ts.params))):
+      raise CheckpointError(f"{source}: its weights do not fit this config's brain: "
+                            f"{'; '.join(changed)}. Use the checkpoint's brain settings (see "
+                            f"{source / checkpoint.METADATA_FILE}).")
+    state = ts.brain_state._replace(theta_N=loaded.brain_state.theta_N,
+                                    rate_N=loaded.brain_state.rate_N)
+    _say(f"Fine-tuning from {source} (step {loaded.metadata['step']}): weights loaded, fresh "
+         f"optimizer (learning rate {self.config.train.learning_rate}) and data.")
+    return ts._replace(params=loaded.params, brain_state=state)
+
+  def _resume(self, path: Path) -> None:
+    meta = checkpoint.read_metadata(path)
+    self.tokenizer = checkpoint.load_tokenizer(path)
+    self.brain_config = brain_config_from(self.config, self.tokenizer.vocab_size)
+    changed = checkpoint.config_differences(meta.get("signature", {}), self._signature())
+    if changed:
+      raise CheckpointError(
+          f"{path / checkpoint.METADATA_FILE}: the checkpoint does not match this run's "
+          f"config: {'; '.join(changed)}. Resume with the checkpoint's settings, start afresh "
+          "with --resume=no (or another --run_dir), or fine-tune from it with --init_from.")
+    abstract = checkpoint.abstract_train_state(self.brain_config, self.plasticity_config,
+                                               self.optimizer, self.batch_size, self.mode)
+    ts, self._rng = checkpoint.restore(path, abstract, device=self.device)
+    saved_lr = meta["config"]["train"]["learning_rate"]
+    if saved_lr != self.config.train.learning_rate:
+      ts = ts._replace(opt_state=optax.tree_utils.tree_set(
+          ts.opt_state, learning_rate=jnp.asarray(self.config.train.learning_rate, jnp.float32)))
+      _say(f"Learning rate changed on resume: {saved_lr} -> {self.config.train.learning_rate}.")
+    self.train_state = ts
+    self.step = int(meta["step"])
+    self.tokens = int(meta["tokens"])
+    self._elapsed_s = float(meta.get("elapsed_s", 0.0))
+    self._batches = iter(self._packed())
+    data_state = checkpoint.read_data_state(path)
+    if data_state is not None:
+      try:
+        self._batches.set_state(data_state)
+      except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / checkpoint.DATA_STATE_FILE}: does not fit this data "
+                              f"pipeline ({e}).") from e
+    self._truncate_metrics(self.step)
+    self.last_checkpoint = path
+    _say(f"Resumed from {path} (step {self.step}, {self.tokens:,} tokens).")
+
+  def _packed(self) -> data.PackedBatches:
+    return data.PackedBatches(self._documents, self.tokenizer, batch_size=self.batch_size,
+                              seq_len=self.chunk_len,
+                              segment_tokens=int(self.config.data.max_seq_length))
+
+  def _signature(self) -> dict:
+    """What must not change between a checkpoint and its resumption (JSON-normalised)."""
+    d = self.config.data
+    source = {"kind": self._dataset_kind, "max_seq_length": d.max_seq_length}
+    if self._dataset_kind == "config":
+      source.update(files=d.files, dataset_name=d.dataset_name, split=d.split,
+                    num_epochs=d.num_epochs)
+    signature = {"brain_config": checkpoint.config_to_dict(self.brain_config),
+                 "plasticity_config": checkpoint.config_to_dict(self.plasticity_config),
+                 "mode": self.mode, "batch_size": self.batch_size, "chunk_len": self.chunk_len,
+                 "data": source, "vocab_size": self.tokenizer.vocab_size}
+    return json.loads(json.dumps(signature))
+
+  def _archive_previous_run(self) -> None:
+    """Moves an earlier run's checkpoints and logs in `run_dir` aside (nothing is deleted)."""
+    names = (CHECKPOINT_DIR, METRICS_FILE, TENSORBOARD_DIR, TOKENIZER_DIR)
+    present = [n for n in names if (self.run_dir / n).exists()]
+    if not present:
+      return
+    archive = self.run_dir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    archive.mkdir(exist_ok=True)
+    for name in present:
+      os.replace(self.run_dir / name, archive / name)
+    _say(f"Starting afresh: the earlier run's {', '.join(present)} moved to {archive}.")
+
+  def _truncate_metrics(self, step: int) -> None:
+    """Drops metrics logged after `step` (by the run that was interrupted after it)."""
+    path = self.run_dir / METRICS_FILE
+    if not path.is_file():
+      return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+  # ---- the loop
+
+  def train(self) -> TrainResult:
+    """Trains until `max_chunks`, the end of the data, or SIGINT/SIGTERM; saves at the end."""
+    t = self.config.train
+    max_chunks = int(t.max_chunks)
+    interrupt = _Interrupt()
+    writer = SummaryWriter(os.fspath(self.run_dir / TENSORBOARD_DIR),
+                           purge_step=self.step + 1 if self.step else None)
+    tokens_per_chunk = self.batch_size * self.chunk_len
+    bar = tqdm.tqdm(total=max_chunks * tokens_per_chunk or None, initial=self.tokens, unit="tok",
+                    unit_scale=True, dynamic_ncols=True, disable=not sys.stderr.isatty())
+    run_loss, run_tokens = 0.0, 0
+    interval = _Interval()
+    stopped = "max_chunks"
+    saved_step = self.step if self.last_checkpoint is not None else None
+    try:
+      with _handle_signals(interrupt), jax.default_device(self.device), \
+          open(self.run_dir / METRICS_FILE, "a") as metrics_file:
+        batch = None if max_chunks and self.step >= max_chunks else next(self._batches, None)
+        if batch is None and not (max_chunks and self.step >= max_chunks):
+          stopped = "end_of_data"
+        start = time.perf_counter()
+        while batch is not None:
+          ts, metrics = learning.train_chunk(
+              self.train_state, jnp.asarray(batch.inputs_BxL), jnp.asarray(batch.targets_BxL),
+              config=self.brain_config, pcfg=self.plasticity_config, optimizer=self.optimizer,
+              mode=self.mode)
+          self.train_state = ts
+          # Host work while the device computes: the data state after this batch (only
+          # when a checkpoint may follow: it costs ~B x segment tokens of packing), the bytes
+          # of its text, the next batch.
+          last = bool(max_chunks) and self.step + 1 >= max_chunks
+          may_save = last or interrupt.signal_name or (self.step + 1) % t.checkpoint_interval == 0
+          data_state = self._batches.get_state() if may_save else None
+          n_bytes = _utf8_bytes(self.tokenizer, batch.targets_BxL)
+          batch = None if last else next(self._batches, None)
+          if batch is None and data_state is None:  # the data ended: nothing more to resume
+            data_state = self._batches.get_state()
+          metrics = jax.device_get(metrics)
+          self.step += 1
+          self.tokens += tokens_per_chunk
+          now = time.perf_counter()
+          self._elapsed_s += now - start
+          start = now
+          loss = float(metrics.loss)
+          run_loss, run_tokens = run_loss + loss * tokens_per_chunk, run_tokens + tokens_per_chunk
+          interval.add(metrics, tokens_per_chunk, n_bytes)
+          bar.set_postfix({"loss": f"{loss:.3f}", "avg": f"{run_loss / run_tokens:.3f}"},
+                          refresh=False)
+          bar.update(tokens_per_chunk)
+          if self.step % t.log_interval == 0:
+            self._log(interval, run_loss / run_tokens, writer, metrics_file)
+            interval = _Interval()
+          if batch is None and not last:
+            stopped = "end_of_data"
+          # A signal that came after `may_save` was decided is served after the next chunk.
+          if data_state is not None:
+            self.save_checkpoint(data_state, loss)
+            saved_step = self.step
+            if interrupt.signal_name:
+              stopped = interrupt.signal_name
+              break
+        if saved_step != self.step:  # nothing ran, or the data ended at a chunk boundary
+          self.save_checkpoint(self._batches.get_state(), float("nan"))
+    finally:
+      bar.close()
+      writer.close()
+    mean_loss = run_loss / run_tokens if run_tokens else float("nan")
+    if stopped.startswith("SIG"):
+      _say(f"{stopped}: stopped at step {self.step}; checkpoint {self.last_checkpoint}. Run the "
+           "same command again to resume.")
+    return TrainResult(step=self.step, tokens=self.tokens, loss=mean_loss, stopped=stopped,
+                       checkpoint=self.last_checkpoint)
+
+  def save_checkpoint(self, data_state: dict | None = None, loss: float = float("nan")) -> Path:
+    """Writes `checkpoint_step_{step}` (data state: the iterator's, unless given)."""
+    if data_state is None:
+      data_state = self._batches.get_state()
+    metadata = {
+        "tokens": self.tokens, "loss": None if math.isnan(loss) else loss,
+        "elapsed_s": self._elapsed_s, "config": self.config.to_dict(),
+        "signature": self._signature(), "mode": self.mode, "chunk_len": self.chunk_len,
+        "tokenizer": {"kind": type(self.tokenizer).__name__,
+                      "vocab_size": self.tokenizer.vocab_size},
+    }
+    info = checkpoint.save(self.checkpoint_dir, self.train_state, rng=self._rng,
+                           data_state=data_state, tokenizer=self.tokenizer,
+                           brain_config=self.brain_config, metadata=metadata,
+                           keep=int(self.config.train.keep_checkpoints))
+    self.last_checkpoint = info.path
+    return info.path
+
+  def _log(self, interval: _Interval, avg_loss: float, writer: SummaryWriter,
+           metrics_file) -> None:
+    stats = interval.statistics(self.brain_config.area_names)
+    stats.update(loss_avg=avg_loss, tokens=float(self.tokens),
+                 learning_rate=float(self.config.train.learning_rate))
+    bs = jax.device_get(self.train_state.brain_state)
+    stats["gate/thalamus"] = float(np.mean(bs.thal_gate_B))
+    stats["gate/basal_ganglia"] = float(np.mean(bs.bg_gate_B))
+    record = {"step": self.step, "elapsed_s": round(self._elapsed_s, 3), **stats}
+    metrics_file.write(json.dumps(record) + "\n")
+    metrics_file.flush()
+    for key, value in stats.items():
+      writer.add_scalar(key, value, self.step)
+    writer.flush()
+    rates = " ".join(f"{a[:4]} {stats[f'rate/{a}']:.2%}" for a in self.brain_config.area_names)
+    _say(f"step {self.step} | {self.tokens:,} tok | loss {stats['loss']:.4f} "
+         f"(avg {avg_loss:.4f}) | {stats['bits_per_byte']:.3f} bits/byte | "
+         f"acc {stats['accuracy']:.3f} | {stats['tokens_per_s']:,.0f} tok/s | rates {rates} | "
+         f"dopamine {stats['plasticity/dopamine']:+.4f}")
+    if self.log_callback is not None:
+      self.log_callback(self.step, stats["loss"], stats)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class _Interval:
+  """Sums over the chunks since the last log line."""
+
+  def __init__(self):
+    self.chunks = 0
+    self.tokens = 0
+    self.nats = 0.0
+    self.correct = 0.0
+    self.bytes = 0
+    self.rates_A = 0.0
+    self.plastic: dict[str, float] = {}
+    self.start = time.perf_counter()
+
+  def add(self, metrics: learning.ChunkMetrics, tokens: int, n_bytes: int) -> None:
+    self.chunks += 1
+    self.tokens += tokens
+    self.nats += float(np.sum(metrics.loss_BxL, dtype=np.float64))
+    self.correct += float(np.sum(metrics.correct_BxL, dtype=np.float64))
+    self.bytes += n_bytes
+    self.rates_A = self.rates_A + np.asarray(metrics.rates_A, np.float64)
+    for key, value in metrics.plastic.items():
+      self.plastic[key] = self.plastic.get(key, 0.0) + float(value)
+
+  def statistics(self, area_names: tuple[str, ...]) -> dict[str, float]:
+    """Flat dict: loss (nats/token), bits_per_byte, accuracy, tokens_per_s, rate/<area>
+    (spikes per neuron per tick), plasticity/<stat> (see plasticity.STAT_KEYS)."""
+    n = max(self.chunks, 1)
+    stats = {
+        "loss": self.nats / max(self.tokens, 1),
+        "bits_per_byte": self.nats / math.log(2) / max(self.bytes, 1),
+        "accuracy": self.correct / max(self.tokens, 1),
+        "tokens_per_s": self.tokens / max(time.perf_counter() - self.start, 1e-9),
+    }
+    rates_A = np.atleast_1d(self.rates_A)
+    stats.update({f"rate/{a}": float(r) / n for a, r in zip(area_names, rates_A)})
+    stats.update({f"plasticity/{k}": self.plastic.get(k, 0.0) / n for k in STAT_KEYS})
+    return stats
+
+
+def _utf8_bytes(tokenizer, tokens_BxL: np.ndarray) -> int:
+  """UTF-8 bytes of the text the rows stand for (eos contributes none)."""
+  return sum(len(tokenizer.decode(row.tolist()).encode("utf-8")) for row in tokens_BxL)
+
+
+def _documents(data_cfg: ml_collections.ConfigDict) -> grain.IterDataset:
+  hub = not data_cfg.files and data_cfg.dataset_name != "shakespeare"
+  if hub and not data_cfg.streaming:
+    raise ConfigError(f"data.streaming=False: downloading {data_cfg.dataset_name!r} whole is not "
+                      "supported. Keep streaming=True, or download files and pass "
+                      f"{data.LOCAL_FILES_HINT}.")
+  num_epochs = int(data_cfg.num_epochs) or None
+  return data.make_documents(data_cfg, num_epochs=num_epochs)
+
+
+def _sample_texts(documents: grain.IterDataset, max_chars: int) -> list[str]:
+  """The first `max_chars` characters of the documents (a separate iterator)."""
+  texts, total = [], 0
+  for text in documents:
+    texts.append(text[:max_chars - total])
+    total += len(texts[-1])
+    if total >= max_chars:
+      break
+  if not texts:
+    raise DataSourceError("The training data holds no documents (all empty?); check data.files "
+                          "or the dataset.")
+  return texts
+
+
+def _pick_device(index: int) -> jax.Device:
+  gpus = [d for d in jax.devices() if d.platform == "gpu"]
+  if not gpus:
+    if index:
+      _say(f"train.gpu_device={index} ignored: no GPU, running on {jax.devices()[0]}.")
+    return jax.devices()[0]
+  if index >= len(gpus):
+    raise ConfigError(f"train.gpu_device={index}, but there are {len(gpus)} GPUs "
+                      f"(0..{len(gpus) - 1}).")
+  return gpus[index]
+
+
+def _ask_yes_no(question: str) -> bool:
+  while True:
+    try:
+      answer = input(question).strip().lower()
+    except EOFError:
+      raise ConfigError("No answer to 'Load checkpoint?'; pass --resume=yes or --resume=no."
+                        ) from None
+    if answer in ("y", "yes"):
+      return True
+    if answer in ("n", "no"):
+      return False
+
+
+class _Interrupt:
+  """Signal handler: the first SIGINT/SIGTERM asks the loop to save and stop; a second aborts."""
+
+  def __init__(self):
+    self.signal_name: str | None = None
+
+  def __call__(self, signum, frame):
+    del frame
+    if self.signal_name is not None:
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+    _say(f"{self.signal_name}: saving a checkpoint after this chunk, then stopping "
+         "(send it again to abort without saving).")
+
+
+@contextlib.contextmanager
+def _handle_signals(handler: _Interrupt) -> Iterator[None]:
+  if threading.current_thread() is not threading.main_thread():
+    yield  # signal handlers can only be set from the main thread
+    return
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+def _say(message: str) -> None:
+  tqdm.tqdm.write(message, file=sys.stderr)

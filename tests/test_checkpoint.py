@@ -1,0 +1,260 @@
+"""Checkpoints: exact round trip, damage and mismatch named, atomic writes, keep-last-K."""
+
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from neurogen_jax import checkpoint, learning
+from neurogen_jax.config import BrainConfig, seed_phases, tiny_config
+from neurogen_jax.plasticity import PlasticityConfig
+from neurogen_jax.tokenizer import ByteTokenizer
+
+BATCH = 2
+# Tagging off: its tiles-shaped state is zero-size, which orbax cannot store as such.
+PCFG = PlasticityConfig(tagging=False)
+DATA_STATE = {"documents": {"file_position": 3, "records_in_file": 1}, "streams": ["eJzLSM3J"]}
+
+
+@pytest.fixture(scope="module")
+def brain_config():
+  return tiny_config(phases=seed_phases((1, 1, 1, 1, 1)))
+
+
+@pytest.fixture(scope="module")
+def optimizer():
+  return learning.make_optimizer(1e-3)
+
+
+@pytest.fixture(scope="module")
+def train_state(brain_config, optimizer):
+  """A TrainState whose every leaf holds random bits of its dtype (bf16 tiles included)."""
+  init = jax.jit(functools.partial(learning.init_train_state, brain_config, PCFG, optimizer,
+                                   batch=BATCH, mode="local"))
+  ts = init(jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+
+  def scramble(x):
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.integer):
+      return jnp.asarray(rng.integers(0, 100, x.shape).astype(x.dtype))
+    return jnp.asarray(rng.standard_normal(x.shape).astype(x.dtype))
+
+  return jax.tree.map(scramble, ts)._replace(step=jnp.int32(7))
+
+
+def save(directory, ts, brain_config, step=None, keep=3, loss=1.5):
+  if step is not None:
+    ts = ts._replace(step=jnp.int32(step))
+  return checkpoint.save(directory, ts, rng=jax.random.PRNGKey(42), data_state=DATA_STATE,
+                         tokenizer=ByteTokenizer(), brain_config=brain_config,
+                         metadata={"tokens": 448, "loss": loss}, keep=keep)
+
+
+def assert_trees_bit_equal(a, b):
+  leaves_a = jax.tree_util.tree_flatten_with_path(a)[0]
+  leaves_b = jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for (path, x), y in zip(leaves_a, leaves_b):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype and x.shape == y.shape, jax.tree_util.keystr(path)
+    assert x.tobytes() == y.tobytes(), jax.tree_util.keystr(path)
+
+
+def largest_file(directory):
+  return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def test_round_trip_is_bit_exact(tmp_path, train_state, brain_config, optimizer):
+  before = time.time()
+  info = save(tmp_path / "checkpoints", train_state, brain_config)
+  assert info.step == 7 and info.path.name == "checkpoint_step_7"
+  abstract = checkpoint.abstract_train_state(brain_config, PCFG, optimizer, BATCH, "local")
+  restored, rng = checkpoint.restore(info.path, abstract)
+  assert_trees_bit_equal(restored, train_state)
+  assert restored.params.tiles.dtype == jnp.bfloat16
+  assert restored.plastic.early_W.shape == (0, 0, 0, 0)  # rebuilt, not stored
+  np.testing.assert_array_equal(rng, jax.random.PRNGKey(42))
+  assert checkpoint.read_data_state(info.path) == DATA_STATE
+  assert isinstance(checkpoint.load_tokenizer(info.path), ByteTokenizer)
+  meta = checkpoint.read_metadata(info.path)
+  assert (meta["step"], meta["tokens"], meta["loss"], meta["batch_size"]) == (7, 448, 1.5, BATCH)
+  assert before <= meta["time"] <= time.time()
+  assert checkpoint.config_from_dict(BrainConfig, meta["brain_config"]) == brain_config
+  assert json.loads(info.metadata_path.read_text()) == meta  # the copy beside the directory
+  assert set(meta["manifest"]) >= {"data_state.json", "tokenizer/byte_tokenizer.json"}
+
+
+def test_load_brain_from_run_directory(tmp_path, train_state, brain_config):
+  save(tmp_path / "checkpoints", train_state, brain_config, step=3)
+  save(tmp_path / "checkpoints", train_state, brain_config, step=5)
+  loaded = checkpoint.load_brain(tmp_path)  # the run directory: latest checkpoint
+  assert loaded.metadata["step"] == 5 and loaded.config == brain_config
+  assert_trees_bit_equal(loaded.params, train_state.params)
+  assert_trees_bit_equal(loaded.brain_state, train_state.brain_state)
+
+
+def test_truncated_file_is_named(tmp_path, train_state, brain_config, optimizer):
+  info = save(tmp_path, train_state, brain_config)
+  victim = largest_file(info.path / "state" / "params")
+  size = victim.stat().st_size
+  victim.write_bytes(victim.read_bytes()[: size // 2])
+  abstract = checkpoint.abstract_train_state(brain_config, PCFG, optimizer, BATCH, "local")
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    checkpoint.restore(info.path, abstract)
+  assert str(victim) in str(e.value)
+  assert f"{size // 2} bytes, {size} were written" in str(e.value)
+
+
+def test_damaged_orbax_metadata_is_named(tmp_path, train_state, brain_config, optimizer):
+  info = save(tmp_path, train_state, brain_config)
+  (info.path / "state" / "params" / "_METADATA").unlink()
+  abstract = checkpoint.abstract_train_state(brain_config, PCFG, optimizer, BATCH, "local")
+  with pytest.raises(checkpoint.CheckpointError, match="_METADATA: missing") as e:
+    checkpoint.restore(info.path, abstract)  # the manifest names the file first
+  assert str(info.path / "state" / "params" / "_METADATA") in str(e.value)
+  with pytest.raises(checkpoint.CheckpointError, match="missing or unreadable") as e:
+    checkpoint.restore(info.path, abstract, verify_files=False)  # orbax's view of it
+  assert str(info.path / "state" / "params") in str(e.value)
+
+
+def test_corrupt_file_is_named(tmp_path, train_state, brain_config, optimizer):
+  info = save(tmp_path, train_state, brain_config)
+  victim = largest_file(info.path / "state" / "opt_state")
+  raw = bytearray(victim.read_bytes())
+  raw[len(raw) // 2] ^= 0xFF
+  victim.write_bytes(bytes(raw))
+  abstract = checkpoint.abstract_train_state(brain_config, PCFG, optimizer, BATCH, "local")
+  with pytest.raises(checkpoint.CheckpointError, match="sha256 mismatch") as e:
+    checkpoint.restore(info.path, abstract)
+  assert str(victim) in str(e.value)
+
+
+def test_damaged_or_missing_metadata_is_named(tmp_path, train_state, brain_config):
+  info = save(tmp_path, train_state, brain_config)
+  meta_file = info.path / "metadata.json"
+  meta_file.write_text(meta_file.read_text()[:100])
+  with pytest.raises(checkpoint.CheckpointError, match="unreadable") as e:
+    checkpoint.load_brain(info.path)
+  assert str(meta_file) in str(e.value)
+  meta_file.unlink()
+  with pytest.raises(checkpoint.CheckpointError, match="not a complete checkpoint") as e:
+    checkpoint.load_brain(info.path)
+  assert str(meta_file) in str(e.value)
+
+
+def test_mismatched_config_names_every_array(tmp_path, train_state, brain_config, optimizer):
+  info = save(tmp_path, train_state, brain_config)
+  other = brain_config.replace(embedding_dim=32)
+  abstract = checkpoint.abstract_train_state(other, PCFG.replace(tagging=True), optimizer, BATCH,
+                                             "local")
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    checkpoint.restore(info.path, abstract)
+  message = str(e.value)
+  assert str(info.path / "state") in message
+  assert "params.embed: checkpoint has float32[257, 64], expected float32[257, 32]" in message
+  assert "plastic.early_W: not in the checkpoint, expected bfloat16[156, 8, 16, 16]" in message
+  assert "metadata.json" in message  # where to find the checkpoint's own configuration
+
+
+def test_interrupted_save_leaves_nothing_visible(tmp_path, train_state, brain_config, monkeypatch):
+  root = tmp_path / "checkpoints"
+  save(root, train_state, brain_config, step=1)
+
+  def crash(*args):
+    raise KeyboardInterrupt  # e.g. a second Ctrl-C in the middle of the save
+
+  monkeypatch.setattr(checkpoint.os, "rename", crash)
+  with pytest.raises(KeyboardInterrupt):
+    save(root, train_state, brain_config, step=2)
+  monkeypatch.undo()
+  assert [c.step for c in checkpoint.list_checkpoints(root)] == [1]
+  assert sorted(p.name for p in root.iterdir()) == ["checkpoint_step_1", "checkpoint_step_1.json"]
+
+
+def test_leftover_tmp_dir_is_ignored_then_removed(tmp_path, train_state, brain_config):
+  root = tmp_path / "checkpoints"
+  save(root, train_state, brain_config, step=1)
+  leftover = root / ".tmp-checkpoint_step_9-123-abcd"  # a crashed process's half-written save
+  (leftover / "state").mkdir(parents=True)
+  (leftover / "state" / "junk").write_bytes(b"\0" * 10)
+  assert [c.step for c in checkpoint.list_checkpoints(root)] == [1]
+  assert checkpoint.latest_checkpoint(root).step == 1
+  assert checkpoint.find_checkpoint(tmp_path) == root / "checkpoint_step_1"
+  save(root, train_state, brain_config, step=2)
+  assert not leftover.exists()
+  assert [c.step for c in checkpoint.list_checkpoints(root)] == [1, 2]
+
+
+def test_keeps_the_last_k(tmp_path, train_state, brain_config):
+  root = tmp_path / "checkpoints"
+  for step in range(1, 6):
+    save(root, train_state, brain_config, step=step, keep=2)
+  assert sorted(p.name for p in root.iterdir()) == [
+      "checkpoint_step_4", "checkpoint_step_4.json", "checkpoint_step_5", "checkpoint_step_5.json"]
+  save(root, train_state, brain_config, step=6, keep=0)  # 0 keeps all
+  assert [c.step for c in checkpoint.list_checkpoints(root)] == [4, 5, 6]
+
+
+def test_same_step_is_replaced(tmp_path, train_state, brain_config):
+  save(tmp_path, train_state, brain_config, step=3, loss=2.0)
+  info = save(tmp_path, train_state, brain_config, step=3, loss=1.0)
+  assert [c.step for c in checkpoint.list_checkpoints(tmp_path)] == [3]
+  assert checkpoint.read_metadata(info.path)["loss"] == 1.0
+  assert json.loads(info.metadata_path.read_text())["loss"] == 1.0
+
+
+def test_find_checkpoint_errors_name_the_path(tmp_path):
+  with pytest.raises(checkpoint.CheckpointError, match="no checkpoint found") as e:
+    checkpoint.find_checkpoint(tmp_path / "nowhere")
+  assert str(tmp_path / "nowhere") in str(e.value)
+  with pytest.raises(checkpoint.CheckpointError, match="no such checkpoint directory"):
+    checkpoint.find_checkpoint(tmp_path / "checkpoint_step_3")
+
+
+def test_configs_round_trip_through_json():
+  brain_config = tiny_config(phases=seed_phases((1, 2, 3, 2, 1)), neuron_model="izhikevich")
+  as_json = json.loads(json.dumps(checkpoint.config_to_dict(brain_config)))
+  assert checkpoint.config_from_dict(BrainConfig, as_json) == brain_config
+  pcfg = PlasticityConfig(rate_band=(0.01, 0.1), replay=False)
+  assert checkpoint.config_from_dict(
+      PlasticityConfig, json.loads(json.dumps(checkpoint.config_to_dict(pcfg)))) == pcfg
+  with pytest.raises(ValueError, match=r"unknown fields \['gamma'\] for PlasticityConfig"):
+    checkpoint.config_from_dict(PlasticityConfig, {"gamma": 1.0})
+
+
+def test_config_differences_of_dataclasses(brain_config):
+  assert checkpoint.config_differences(brain_config, brain_config) == []
+  assert checkpoint.config_differences(brain_config, brain_config.replace(dt_ms=2.0)) == [
+      "dt_ms: checkpoint 5.0, now 2.0"]
+
+
+def test_checkpoint_without_tokenizer_or_data_state(tmp_path, train_state, brain_config):
+  info = checkpoint.save(tmp_path, train_state, rng=jax.random.PRNGKey(0), data_state=None,
+                         tokenizer=None, brain_config=brain_config, metadata={}, keep=0)
+  loaded = checkpoint.load_brain(info.path)
+  assert loaded.tokenizer is None and checkpoint.read_data_state(info.path) is None
+  assert_trees_bit_equal(loaded.params, train_state.params)
+
+
+def test_config_differences_lists_each_field():
+  saved = {"brain": {"scale": 0.5, "areas": [1, 2]}, "mode": "local"}
+  now = {"brain": {"scale": 1.0, "areas": [1, 3]}, "mode": "local", "extra": 1}
+  assert checkpoint.config_differences(saved, now) == [
+      "brain.areas[1]: checkpoint 2, now 3", "brain.scale: checkpoint 0.5, now 1.0",
+      "extra: not in the checkpoint, now 1"]
+  assert checkpoint.config_differences(saved, json.loads(json.dumps(saved))) == []
+
+
+def test_manifest_covers_every_file(tmp_path, train_state, brain_config):
+  info = save(tmp_path, train_state, brain_config)
+  files = {p.relative_to(info.path).as_posix() for p in info.path.rglob("*") if p.is_file()}
+  manifest = checkpoint.read_metadata(info.path)["manifest"]
+  assert set(manifest) == files - {"metadata.json"}
+  for name, (size, _) in manifest.items():
+    assert os.path.getsize(info.path / name) == size

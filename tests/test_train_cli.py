@@ -1,0 +1,432 @@
+"""The training harness end to end through the real CLIs (subprocesses, no stdin).
+
+Runs the tiny config for a few chunks on local files of every supported format: trains,
+writes checkpoints, metrics and TensorBoard events; resumes exactly; saves on SIGINT;
+fine-tunes with --init_from; generates; plots. Compiled programs are shared between the
+subprocesses through a persistent compilation cache, so only the first run compiles.
+"""
+
+import json
+import math
+import os
+import pty
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from neurogen_jax import brain, checkpoint, learning
+from neurogen_jax import generate as generate_lib
+from neurogen_jax import train as train_lib
+from neurogen_jax.tokenizer import Tokenizer
+from neurogen_jax.config import BrainConfig
+from neurogen_jax.plasticity import PlasticityConfig
+
+REPO = Path(__file__).resolve().parents[1]
+B, L = 4, 16  # the tiny config's streams and chunk length
+TOKENS_PER_CHUNK = B * L
+DOCS = ["The cat sat on the mat. ", "A dog ran in the fog; ", "Rain falls on the plain, ",
+        "Birds sing in spring. ", "Fish swim and dim. ", "Stars shine at nine. ", "End of it all. "]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  e = dict(os.environ)
+  e.update(HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+           JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla_cache")),
+           NEUROGEN_CACHE=str(tmp_path_factory.mktemp("neurogen_cache")))
+  return e
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """Seven short documents spread over a .txt, a .jsonl, a .jsonl.zst and a .parquet file."""
+  d = tmp_path_factory.mktemp("texts")
+  (d / "a.txt").write_text(DOCS[0])
+  (d / "b.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in DOCS[1:3]))
+  lines = "".join(json.dumps({"text": t, "meta": {}}) + "\n" for t in DOCS[3:5])
+  (d / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
+  pq.write_table(pa.table({"text": DOCS[5:7]}), d / "d.parquet")
+  return d
+
+
+def run_cli(module, args, env, timeout=300, stdin=subprocess.DEVNULL):
+  return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=env,
+                        stdin=stdin, capture_output=True, text=True, timeout=timeout)
+
+
+def train_args(data_dir, run_dir, max_chunks, config="tiny", keep=2):
+  return [f"--config={config}", f"--config.data.files={data_dir}", f"--run_dir={run_dir}",
+          f"--config.train.max_chunks={max_chunks}", "--config.train.checkpoint_interval=2",
+          "--config.train.log_interval=2", f"--config.train.keep_checkpoints={keep}"]
+
+
+def check(proc):
+  assert proc.returncode == 0, (f"exit {proc.returncode}\nstdout:\n{proc.stdout}\n"
+                                f"stderr:\n{proc.stderr}")
+  return proc
+
+
+def restore_all(path):
+  """(TrainState, rng) of a checkpoint written by the CLI, rebuilt from its metadata."""
+  meta = checkpoint.read_metadata(path)
+  brain_config = checkpoint.config_from_dict(BrainConfig, meta["brain_config"])
+  pcfg = checkpoint.config_from_dict(PlasticityConfig, meta["signature"]["plasticity_config"])
+  optimizer = learning.make_optimizer(meta["config"]["train"]["learning_rate"])
+  abstract = checkpoint.abstract_train_state(brain_config, pcfg, optimizer, meta["batch_size"],
+                                             meta["mode"])
+  return checkpoint.restore(path, abstract)
+
+
+def metrics(run_dir):
+  return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def tensorboard_scalars(directory):
+  """{tag: [(step, value)]} read from tensorboardX event files (TFRecord framing)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  scalars = {}
+  for f in sorted(Path(directory).glob("events.out.tfevents.*")):
+    raw, pos = f.read_bytes(), 0
+    while pos < len(raw):
+      (n,) = struct.unpack("<Q", raw[pos:pos + 8])
+      event = event_pb2.Event.FromString(raw[pos + 12:pos + 12 + n])
+      pos += 12 + n + 4
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
+def png_size(path):
+  raw = path.read_bytes()[:24]
+  assert raw[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+  return struct.unpack(">II", raw[16:24])
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, env, data_dir):
+  """6 chunks straight, a checkpoint every 2, all kept."""
+  run_dir = tmp_path_factory.mktemp("straight")
+  check(run_cli("experiments.train", train_args(data_dir, run_dir, 6, keep=3), env))
+  return run_dir
+
+
+def test_train_writes_checkpoints_metrics_and_events(straight):
+  ckpts = straight / "checkpoints"
+  assert sorted(p.name for p in ckpts.iterdir()) == [
+      "checkpoint_step_2", "checkpoint_step_2.json", "checkpoint_step_4", "checkpoint_step_4.json",
+      "checkpoint_step_6", "checkpoint_step_6.json"]
+  meta = json.loads((ckpts / "checkpoint_step_6.json").read_text())
+  assert meta == checkpoint.read_metadata(ckpts / "checkpoint_step_6")
+  assert (meta["step"], meta["tokens"], meta["batch_size"], meta["chunk_len"]) == (6, 6 * 64, B, L)
+  assert 0.5 < meta["loss"] < math.log(257) and 0 < time.time() - meta["time"] < 600
+  assert meta["config"]["train"]["max_chunks"] == 6 and meta["brain_config"]["scale"] == 1 / 32
+  assert meta["tokenizer"] == {"kind": "ByteTokenizer", "vocab_size": 257}
+  # All four file formats were read, in order, without damage.
+  documents = checkpoint.read_data_state(ckpts / "checkpoint_step_6")["documents"]
+  assert documents["stats"]["documents"] >= len(DOCS)
+  assert documents["stats"]["replacement_chars"] == 0
+
+  records = metrics(straight)
+  assert [r["step"] for r in records] == [2, 4, 6]
+  assert [r["tokens"] for r in records] == [2 * 64, 4 * 64, 6 * 64]
+  for r in records:
+    assert 0.5 < r["loss"] < math.log(257)
+    # Byte tokens: bits/byte = nats/ln2 per byte, a little more since eos has no bytes.
+    assert r["loss"] / math.log(2) <= r["bits_per_byte"] <= 1.3 * r["loss"] / math.log(2)
+    assert 0 <= r["accuracy"] <= 1 and r["tokens_per_s"] > 0
+    assert all(0 < r[f"rate/{a}"] < 0.5 for a in ("thalamus", "wernicke", "broca", "pfc"))
+    assert math.isfinite(r["plasticity/dopamine"]) and r["plasticity/reward_mean"] < 0
+  events = tensorboard_scalars(straight / "tensorboard")
+  assert [step for step, _ in events["loss"]] == [2, 4, 6]
+  np.testing.assert_allclose([v for _, v in events["loss"]], [r["loss"] for r in records],
+                             rtol=1e-6)
+  assert "rate/broca" in events and "plasticity/dopamine" in events
+
+
+def test_resume_is_exact(tmp_path, straight, env, data_dir):
+  run_dir = tmp_path / "resumed"
+  # 3 chunks (config given by path), stop; then the same run to 6 (config by name).
+  check(run_cli("experiments.train",
+                train_args(data_dir, run_dir, 3, config="experiments/configs/tiny.py"), env))
+  assert checkpoint.latest_checkpoint(run_dir / "checkpoints").step == 3
+  second = check(run_cli("experiments.train", train_args(data_dir, run_dir, 6), env))
+  assert "Resumed from" in second.stderr and "(step 3, 192 tokens)" in second.stderr
+  assert [c.step for c in checkpoint.list_checkpoints(run_dir / "checkpoints")] == [4, 6]  # keep 2
+
+  resumed, rng_resumed = restore_all(run_dir / "checkpoints" / "checkpoint_step_6")
+  direct, rng_direct = restore_all(straight / "checkpoints" / "checkpoint_step_6")
+  leaves = jax.tree_util.tree_flatten_with_path(direct)[0]
+  differing = [jax.tree_util.keystr(path) for (path, a), b in zip(leaves, jax.tree.leaves(resumed))
+               if np.asarray(a).tobytes() != np.asarray(b).tobytes()]
+  assert not differing, f"resumed run differs from the straight run in {differing}"
+  np.testing.assert_array_equal(rng_resumed, rng_direct)
+  assert (checkpoint.read_data_state(run_dir / "checkpoints" / "checkpoint_step_6")
+          == checkpoint.read_data_state(straight / "checkpoints" / "checkpoint_step_6"))
+  # The log goes on where the checkpoint was; the interval 5-6 is the same as straight.
+  records = metrics(run_dir)
+  assert [r["step"] for r in records] == [2, 4, 6]
+  assert records[-1]["loss"] == metrics(straight)[-1]["loss"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, env, data_dir, signum):
+  run_dir = tmp_path / "interrupted"
+  args = train_args(data_dir, run_dir, 1000) + ["--config.train.log_interval=1"]
+  proc = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO, env=env,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  watchdog = threading.Timer(240, proc.kill)
+  watchdog.start()
+  try:
+    lines = []
+    for line in proc.stderr:
+      lines.append(line)
+      if line.startswith("step 2 |"):
+        proc.send_signal(signum)
+        break
+    rest = proc.communicate()[1]
+  finally:
+    watchdog.cancel()
+  stderr = "".join(lines) + rest
+  assert proc.returncode == 0, stderr
+  name = signal.Signals(signum).name
+  stopped = [line for line in stderr.splitlines() if line.startswith(f"{name}: stopped at step")]
+  assert stopped, stderr
+  step = int(stopped[0].split("step ")[1].split(";")[0])
+  assert 2 <= step < 1000
+  latest = checkpoint.latest_checkpoint(run_dir / "checkpoints")
+  assert latest.step == step and checkpoint.read_metadata(latest.path)["tokens"] == step * 64
+
+
+def test_finetune_from_another_run(tmp_path, straight, env, data_dir):
+  run_dir = tmp_path / "finetuned"
+  args = train_args(data_dir, run_dir, 2) + [f"--init_from={straight}", "--config.seed=1",
+                                             "--config.train.learning_rate=0.003"]
+  proc = check(run_cli("experiments.train", args, env))
+  assert "Fine-tuning from" in proc.stderr
+  tuned, _ = restore_all(run_dir / "checkpoints" / "checkpoint_step_2")
+  source, _ = restore_all(straight / "checkpoints" / "checkpoint_step_6")
+  assert int(tuned.step) == 2  # a run of its own
+  assert float(optax.tree_utils.tree_get(tuned.opt_state, "learning_rate")) == pytest.approx(0.003)
+  # Weights come from the source: seed 1 alone would draw an embedding ~N(0, 1) apart.
+  assert np.mean(np.abs(tuned.params.embed - source.params.embed)) < 0.05
+  assert np.mean(np.abs(tuned.params.b_out - source.params.b_out)) < 0.05
+  # Fresh data: where any run is after 2 chunks.
+  assert (checkpoint.read_data_state(run_dir / "checkpoints" / "checkpoint_step_2")
+          == checkpoint.read_data_state(straight / "checkpoints" / "checkpoint_step_2"))
+
+
+def test_generate_cli(straight, env):
+  args = ["--checkpoint", straight, "--prompt", "The cat", "--max_length", "12",
+          "--temperature", "0.8", "--seed", "3"]
+  first = check(run_cli("experiments.generate", args, env))
+  assert first.stdout.startswith("The cat") and len(first.stdout) > len("The cat\n")
+  assert check(run_cli("experiments.generate", args, env)).stdout == first.stdout  # seeded
+  bad = run_cli("experiments.generate", args[:-4] + ["--temperature", "-1"], env)
+  assert bad.returncode == 1 and "temperature must be a finite number >= 0" in bad.stderr
+
+
+def test_generate_library(straight):
+  loaded = checkpoint.load_brain(straight)
+  state = generate_lib.inference_state(loaded.config, loaded.brain_state)
+  prompt = loaded.tokenizer.encode("The cat")
+  sampled = generate_lib.generate(loaded.params, state, loaded.config, prompt, max_length=10,
+                                  temperature=1.0, top_k=5, seed=0)
+  assert len(sampled) == 10 and all(0 <= t < loaded.config.vocab_size for t in sampled)
+  assert sampled == generate_lib.generate(loaded.params, state, loaded.config, prompt,
+                                          max_length=10, temperature=1.0, top_k=5, seed=0)
+  # Greedy = the argmax chain of cognitive steps.
+  greedy = generate_lib.generate(loaded.params, state, loaded.config, prompt, max_length=4,
+                                 temperature=0)
+  st, expected = state, []
+  for token in prompt:
+    st, logits, _ = brain.cognitive_step(loaded.params, st, np.asarray([token]), loaded.config,
+                                         collect=False)
+  for _ in range(4):
+    expected.append(int(np.argmax(logits[0])))
+    st, logits, _ = brain.cognitive_step(loaded.params, st, np.asarray([expected[-1]]),
+                                         loaded.config, collect=False)
+  assert greedy == expected
+  assert generate_lib.generate(loaded.params, state, loaded.config, prompt, max_length=0) == []
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(prompt_ids=[]), "prompt_ids is empty"),
+    (dict(prompt_ids=[1, 300]), r"holds \[300\], outside \[0, 257\)"),
+    (dict(prompt_ids="The cat"), "encode it with the tokenizer"),
+    (dict(temperature=-0.5), "temperature must be a finite number >= 0"),
+    (dict(temperature=float("nan")), "temperature must be a finite number >= 0"),
+    (dict(top_k=258), r"top_k must be <= 257"),
+    (dict(max_length=-1), "max_length must be >= 0"),
+    (dict(max_length=2.5), "max_length must be an integer"),
+])
+def test_generate_rejects_bad_input(straight, kwargs, message):
+  loaded = checkpoint.load_brain(straight)
+  state = generate_lib.inference_state(loaded.config, loaded.brain_state)
+  args = dict(prompt_ids=[1, 2], max_length=3, temperature=1.0)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=message):
+    generate_lib.generate(loaded.params, state, loaded.config, **args)
+
+
+def test_generate_needs_one_stream(straight):
+  loaded = checkpoint.load_brain(straight)
+  with pytest.raises(ValueError, match="one-stream brain state, got 4 streams"):
+    generate_lib.generate(loaded.params, loaded.brain_state, loaded.config, [1], max_length=1)
+
+
+def test_plot_cli(straight, env, tmp_path):
+  proc = check(run_cli("experiments.plot", [straight, f"--out={tmp_path}"], env))
+  for name in ("loss", "rates", "dopamine", "raster"):
+    width, height = png_size(tmp_path / f"{name}.png")
+    assert width >= 600 and height >= 300
+  assert f"{tmp_path / 'loss.png'}: 3 points up to 384 tokens" in proc.stdout
+  spikes = int(proc.stdout.split("raster.png: ")[1].split(" spikes")[0])
+  assert spikes > 0 and "in one 5-tick cycle" in proc.stdout
+
+
+def test_python_api_with_dataset_and_log_callback(tmp_path, env):
+  script = """
+import json, sys
+from experiments.configs import tiny
+from neurogen_jax.train import Trainer
+config = tiny.get_config()
+config.run_dir, config.train.max_chunks = sys.argv[1], int(sys.argv[2])
+config.train.log_interval, config.train.checkpoint_interval = 1, 2
+texts = ["Alpha beta gamma delta. " * 20, "", "Second document; with more words. " * 10]
+calls = []
+trainer = Trainer(config, dataset=texts, log_callback=lambda *a: calls.append(a))
+result = trainer.train()
+print(json.dumps({"calls": calls, "step": result.step, "stopped": result.stopped}))
+"""
+  def run_script(max_chunks):
+    return check(subprocess.run([sys.executable, "-c", script, tmp_path, str(max_chunks)], cwd=REPO,
+                                env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=300))
+
+  first = run_script(2)
+  out = json.loads(first.stdout)
+  assert (out["step"], out["stopped"]) == (2, "max_chunks")
+  assert [c[0] for c in out["calls"]] == [1, 2]
+  for step, loss, stats in out["calls"]:
+    assert loss == stats["loss"] and 0.5 < loss < math.log(257)
+    assert stats["tokens"] == step * TOKENS_PER_CHUNK
+    assert {"bits_per_byte", "accuracy", "rate/broca", "plasticity/dopamine"} <= set(stats)
+  second = run_script(3)
+  assert "Resumed from" in second.stderr
+  assert [c[0] for c in json.loads(second.stdout)["calls"]] == [3]
+
+
+def test_offline_hub_error_is_fast_and_clear(tmp_path, env):
+  start = time.monotonic()
+  proc = run_cli("experiments.train", ["--config=slimpajama", f"--run_dir={tmp_path}"], env,
+                 timeout=60)
+  assert time.monotonic() - start < 30
+  assert proc.returncode == 1
+  assert "'cerebras/SlimPajama-627B' needs the hub, but HF_HUB_OFFLINE=1" in proc.stderr
+  assert "--config.data.files=" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_resume_refuses_a_mismatched_config(straight, env, data_dir):
+  args = train_args(data_dir, straight, 8) + ["--config.brain.embedding_dim=32", "--resume=yes"]
+  proc = run_cli("experiments.train", args, env)
+  assert proc.returncode == 1
+  assert str(straight / "checkpoints" / "checkpoint_step_6" / "metadata.json") in proc.stderr
+  assert "brain_config.embedding_dim: checkpoint 64, now 32" in proc.stderr
+  assert "--init_from" in proc.stderr  # what to do instead
+  assert checkpoint.latest_checkpoint(straight / "checkpoints").step == 6  # untouched
+
+
+def test_resume_yes_without_checkpoint_fails_clearly(tmp_path, env, data_dir):
+  proc = run_cli("experiments.train", train_args(data_dir, tmp_path, 2) + ["--resume=yes"], env)
+  assert proc.returncode == 1
+  assert f"{tmp_path / 'checkpoints'} holds no checkpoint" in proc.stderr
+
+
+def test_config_names_resolve_to_files():
+  from experiments import train as train_main  # pylint: disable=g-import-not-at-top
+  configs = REPO / "experiments" / "configs"
+  assert train_main.config_argv(["prog", "--config=tiny", "--config.seed=3"]) == [
+      "prog", f"--config={configs / 'tiny.py'}", "--config.seed=3"]
+  assert train_main.config_argv(["prog", "--config", "slimpajama"]) == [
+      "prog", "--config", str(configs / "slimpajama.py")]
+  assert train_main.config_argv(["prog", "--config=my/own.py"]) == ["prog", "--config=my/own.py"]
+  with pytest.raises(SystemExit, match=r"no config named 'common'; choose one of \['default', "
+                     r"'slimpajama', 'tiny'\]"):
+    train_main.config_argv(["prog", "--config=common"])
+
+
+@pytest.mark.slow
+def test_terminal_asks_before_loading(tmp_path, env, data_dir):
+  check(run_cli("experiments.train", train_args(data_dir, tmp_path, 2), env))
+  controller, terminal = pty.openpty()
+  try:
+    os.write(controller, b"n\n")
+    proc = run_cli("experiments.train", train_args(data_dir, tmp_path, 2), env, stdin=terminal)
+  finally:
+    os.close(terminal)
+    os.close(controller)
+  check(proc)
+  assert "Load checkpoint? (y/n)" in proc.stdout
+  assert "Starting afresh" in proc.stderr
+  archived = [p for p in tmp_path.iterdir() if p.name.startswith("previous-")]
+  assert len(archived) == 1
+  assert checkpoint.latest_checkpoint(archived[0] / "checkpoints").step == 2
+  assert checkpoint.latest_checkpoint(tmp_path / "checkpoints").step == 2
+  assert [r["step"] for r in metrics(tmp_path)] == [2]  # the new run's log only
+
+
+def test_configs_build_their_brains():
+  from experiments.configs import default, slimpajama, tiny  # pylint: disable=g-import-not-at-top
+  seed = slimpajama.get_config()
+  assert (seed.data.vocab_size, seed.brain.embedding_dim, seed.data.dataset_name,
+          seed.data.streaming, seed.data.max_seq_length, seed.train.tokens_per_chunk,
+          seed.train.max_chunks, seed.train.checkpoint_interval, seed.train.log_interval,
+          seed.train.gpu_device) == (50257, 512, "cerebras/SlimPajama-627B", True, 512, 10000,
+                                     1000, 100, 10, 0)
+  assert seed.train.batch_size * seed.train.chunk_len == 10000
+  full = train_lib.brain_config_from(seed, seed.data.vocab_size)
+  assert (full.num_neurons, full.vocab_size, full.ticks_per_token) == (79872, 50257, 20)
+  assert train_lib.brain_config_from(default.get_config(), 4096).num_neurons == 79872
+  small = tiny.get_config()
+  assert train_lib.brain_config_from(small, 257).num_neurons == 2496
+  small.train.batch_size = 8  # chunk_len follows tokens_per_chunk // batch_size
+  assert small.train.chunk_len == 8
+  small.brain.phase_ticks = (1, 2)
+  with pytest.raises(train_lib.ConfigError, match="phase_ticks needs 5 tick counts"):
+    train_lib.brain_config_from(small, 257)
+
+
+@pytest.mark.slow
+def test_sentencepiece_tokenizer_is_trained_saved_and_reloaded(tmp_path, env, data_dir):
+  first = tmp_path / "trained"
+  args = train_args(data_dir, first, 2) + ["--config.data.tokenizer=",
+                                            "--config.data.vocab_size=300"]
+  check(run_cli("experiments.train", args, env))
+  model = first / "tokenizer" / "tokenizer.model"
+  tokenizer = checkpoint.load_tokenizer(first / "checkpoints" / "checkpoint_step_2")
+  assert isinstance(tokenizer, Tokenizer) and tokenizer.vocab_size == 300
+  assert (first / "checkpoints" / "checkpoint_step_2" / "tokenizer" / "tokenizer.model"
+          ).read_bytes() == model.read_bytes()
+  meta = checkpoint.read_metadata(first / "checkpoints" / "checkpoint_step_2")
+  assert meta["brain_config"]["vocab_size"] == 300
+  record = metrics(first)[-1]
+  assert record["bits_per_byte"] < record["loss"] / math.log(2)  # pieces span several bytes
+  # An existing tokenizer file, by path.
+  second = tmp_path / "loaded"
+  check(run_cli("experiments.train", train_args(data_dir, second, 2)
+                + [f"--config.data.tokenizer={model}"], env))
+  assert (second / "tokenizer" / "tokenizer.model").read_bytes() == model.read_bytes()
