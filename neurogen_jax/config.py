@@ -98,21 +98,25 @@ def seed_phases(ticks: tuple[int, ...] = (2, 4, 6, 4, 4), n_pathways: int = 15) 
   """The seed's timing (Sensation 0-50 ms, Perception 50-150, Integration 150-300,
   Selection 300-400, Action 400+) as tick counts in the same 1:2:3:2:2 proportion.
 
-  The token drive enters the thalamus (and, more weakly, Wernicke) in Sensation and
-  Perception; every area learns in every phase; Broca is read in Action; the basal
+  The token drive enters the thalamus in Sensation, then Wernicke and (more weakly) the
+  hippocampus, PFC and basal ganglia in Perception and Integration: the feasibility probes
+  found that input reaching only the thalamus leaves the readout worse than a unigram
+  model. Broca gets no direct input: it hears the token through PFC and the basal ganglia.
+  Every area learns in every phase; Broca is read in Selection and Action; the basal
   ganglia gate Broca in Selection and Action.
   """
   ones = (1.0,) * n_pathways
   learn = (True,) * len(AREA_NAMES)
   #           thal  wern  broca hipp  pfc   bg
-  sens_in = (1.0, 0.5, 0.0, 0.0, 0.0, 0.0)
-  perc_in = (0.5, 1.0, 0.0, 0.0, 0.0, 0.0)
+  sens_in = (1.0, 0.5, 0.0, 0.25, 0.25, 0.25)
+  perc_in = (0.5, 1.0, 0.0, 0.5, 0.5, 0.5)
+  intg_in = (0.0, 0.25, 0.0, 0.25, 0.25, 0.25)
   none_in = (0.0,) * len(AREA_NAMES)
   return (
       PhaseSpec("sensation", ticks[0], sens_in, ones, learn),
       PhaseSpec("perception", ticks[1], perc_in, ones, learn),
-      PhaseSpec("integration", ticks[2], none_in, ones, learn),
-      PhaseSpec("selection", ticks[3], none_in, ones, learn, bg_gate=True),
+      PhaseSpec("integration", ticks[2], intg_in, ones, learn),
+      PhaseSpec("selection", ticks[3], none_in, ones, learn, read=True, bg_gate=True),
       PhaseSpec("action", ticks[4], none_in, ones, learn, read=True, bg_gate=True),
   )
 
@@ -132,8 +136,9 @@ class BrainConfig:
   tile: int = 128
   fan_in_tiles: int = 8
   neuron_model: Literal["alif", "izhikevich"] = "alif"
-  # Token input reaches these areas through a learned D x N_in projection.
-  input_areas: tuple[str, ...] = ("thalamus", "wernicke")
+  # Token input can reach these areas (a prefix of `areas`) through a learned D x N_in
+  # projection; the phase table's input gains say how strongly, phase by phase.
+  input_areas: tuple[str, ...] = AREA_NAMES
   readout_area: str = "broca"
   embedding_dim: int = 512
   vocab_size: int = 50257

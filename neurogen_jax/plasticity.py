@@ -92,7 +92,8 @@ class PlasticState(NamedTuple):
   feedback_DxN: fixed random e-prop feedback (empty when e-prop and replay are off).
   replay_*: hippocampal ring buffer of M episodes (empty when replay off).
   update_scale: running mean |dW| (the tag threshold's unit), from earlier tokens.
-  in_mean_N: each neuron's mean incoming magnitude after the last token (for scaling).
+  in_mean_2xN: each neuron's mean excitatory / inhibitory incoming magnitude after the
+    last token (for synaptic scaling).
   count: tokens seen.
   The last two lag one token so that the whole per-synapse update is one elementwise pass
   (no reduction over the 80M synapses between the GEMMs and the write-back).
@@ -109,19 +110,13 @@ class PlasticState(NamedTuple):
   replay_target_M: jax.Array
   replay_filled: jax.Array
   update_scale: jax.Array
-  in_mean_N: jax.Array
+  in_mean_2xN: jax.Array
   count: jax.Array
 
 
 def weight_unit(config: BrainConfig) -> float:
   """Mean initial tile magnitude (see connectivity.init_tiles): the unit of the rates."""
   return 0.8 * config.weight_scale / (config.fan_in_tiles * config.tile * config.target_rate)
-
-
-def initial_tile_mean(config: BrainConfig) -> float:
-  """Expected mean tile magnitude at init (excitatory and stronger inhibitory rows)."""
-  inh = 1.0 - sum(a.excitatory_fraction * s for a, s in zip(config.areas, config.area_sizes)) / config.num_neurons
-  return weight_unit(config) * ((1.0 - inh) + inh * config.inhibitory_scale)
 
 
 def init_plastic_state(config: BrainConfig, pcfg: PlasticityConfig) -> PlasticState:
@@ -146,9 +141,23 @@ def init_plastic_state(config: BrainConfig, pcfg: PlasticityConfig) -> PlasticSt
       replay_target_M=jnp.zeros((m,), jnp.int32),
       replay_filled=jnp.zeros((), jnp.int32),
       update_scale=jnp.zeros((), jnp.float32),
-      in_mean_N=jnp.full((n,), initial_tile_mean(config), jnp.float32),
+      in_mean_2xN=jnp.stack([jnp.full((n,), weight_unit(config), jnp.float32),
+                             jnp.full((n,), weight_unit(config) * config.inhibitory_scale, jnp.float32)]),
       count=jnp.zeros((), jnp.int32),
   )
+
+
+def _excitatory_pre(config: BrainConfig, conn) -> jax.Array:
+  """[R, K, T, 1] True where the tile row's pre-synaptic neuron is excitatory."""
+  return (conn.sign_N.reshape(-1, config.tile)[conn.col_RxK] > 0)[..., None]
+
+
+def stochastic_round_bf16(x: jax.Array, key: jax.Array) -> jax.Array:
+  """f32 -> bf16 rounding up or down with probability given by the distance (unbiased)."""
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  noise = jax.random.bits(key, x.shape, jnp.uint32) & jnp.uint32(0xFFFF)
+  rounded = (bits + noise) & jnp.uint32(0xFFFF0000)
+  return jax.lax.bitcast_convert_type(rounded, jnp.float32).astype(jnp.bfloat16)
 
 
 def empty_stats(length: int) -> dict:
@@ -258,10 +267,15 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
     # Synaptic scaling: each post neuron's mean incoming magnitude is pulled toward its
     # initial value (a conserved resource, so learning redistributes rather than grows)
     # and nudged by its rate error.
+    # Excitatory and inhibitory inputs are normalised apart, so that learning cannot trade
+    # one for the other and silence (or unleash) a neuron.
     r, t = config.num_blocks, config.tile
-    norm_N = (initial_tile_mean(config) / jnp.maximum(pstate.in_mean_N, 1e-12)) ** pcfg.normalization_rate
+    targets_2 = jnp.asarray([unit, unit * config.inhibitory_scale], jnp.float32)[:, None]
+    norm_2xN = (targets_2 / jnp.maximum(pstate.in_mean_2xN, 1e-12)) ** pcfg.normalization_rate
     rate_N_scale = 1.0 + pcfg.scaling_lr * jnp.clip((target - rate_N) / target, -1.0, 1.0)
-    tiles = tiles * (norm_N * rate_N_scale).reshape(r, 1, 1, t)
+    f_2xN = norm_2xN * rate_N_scale
+    exc = _excitatory_pre(config, params.conn)
+    tiles = tiles * jnp.where(exc, f_2xN[0].reshape(r, 1, 1, t), f_2xN[1].reshape(r, 1, 1, t))
   bstate = bstate._replace(theta_N=theta_N, rate_N=rate_N)
   stats["theta_mean"] = jnp.mean(theta_N)
 
@@ -304,13 +318,24 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
 
   w_max = pcfg.max_weight_factor * unit
   tiles = jnp.clip(tiles, 0.0, w_max)
-  in_mean_N = jnp.mean(tiles, axis=(1, 2)).reshape(-1)
-  stats["tile_mean"] = jnp.mean(in_mean_N) / unit
+  exc = _excitatory_pre(config, params.conn)
+  n_exc_R = jnp.sum(exc, axis=(1, 2, 3))
+  n_all = config.fan_in_tiles * config.tile
+  sum_e = jnp.sum(jnp.where(exc, tiles, 0.0), axis=(1, 2))
+  sum_i = jnp.sum(tiles, axis=(1, 2)) - sum_e
+  in_mean_2xN = jnp.stack([(sum_e / jnp.maximum(n_exc_R, 1)[:, None]).reshape(-1),
+                           (sum_i / jnp.maximum(n_all - n_exc_R, 1)[:, None]).reshape(-1)])
+  stats["tile_mean"] = jnp.mean(tiles) / unit
   mean_update = jnp.mean(jnp.abs(d_W))
   update_scale = jnp.where(pstate.count == 0, mean_update, 0.9 * pstate.update_scale + 0.1 * mean_update)
   stats["update_norm"] = mean_update / unit
+  if params.tiles.dtype == jnp.bfloat16:
+    # Stochastic rounding: a per-token change far below bf16's resolution still moves
+    # the weight in expectation (round-to-nearest would swallow it).
+    key = jax.random.fold_in(jax.random.PRNGKey(pcfg.feedback_seed + 2), pstate.count)
+    tiles = stochastic_round_bf16(tiles, key)
   params = params._replace(tiles=tiles.astype(params.tiles.dtype))
   pstate = pstate._replace(reward_mean=reward_mean, protein=protein, early_W=early, tag_W=tag,
-                           update_scale=update_scale, in_mean_N=in_mean_N,
+                           update_scale=update_scale, in_mean_2xN=in_mean_2xN,
                            count=pstate.count + 1, **p_fields)
   return params, bstate, pstate, stats
