@@ -21,7 +21,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from neurogen_jax import corpus
+from neurogen_jax import corpus, sharding
 from neurogen_jax import train as train_lib
 from neurogen_jax.checkpoint import CheckpointError
 from neurogen_jax.corpus import DataSourceError
@@ -66,6 +66,7 @@ def config_argv(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  sharding.initialize_distributed()  # multi-host: JAX_COORDINATOR_ADDRESS etc.; else a no-op
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   if _COMPILATION_CACHE.value:

@@ -116,9 +116,15 @@ def init(config: BrainConfig, key: jax.Array, batch: int = 1) -> tuple[Params, B
   return init_params(config, key), init_state(config, batch)
 
 
-def _area_mean(x_BxN: jax.Array, config: BrainConfig) -> jax.Array:
-  """[B, N] -> [A]: mean over streams and over each area's neurons (static slices)."""
-  return jnp.stack([jnp.mean(x_BxN[:, config.area_slice(a)]) for a in config.area_names])
+def _area_mean(x_BxN: jax.Array, area_avg_NxA: jax.Array) -> jax.Array:
+  """[B, N] -> [A]: mean over streams and over each area's neurons."""
+  return jnp.mean(x_BxN @ area_avg_NxA, axis=0)
+
+
+def _range_mean_N(n: int, start: int, stop: int) -> jax.Array:
+  """[N] weights that average neurons [start, stop) (a mask, not a slice: see `cognitive_step`)."""
+  idx_N = jnp.arange(n)
+  return ((idx_N >= start) & (idx_N < stop)).astype(jnp.float32) / (stop - start)
 
 
 def thalamic_gate(config: BrainConfig, drive_BxNin: jax.Array, i_BxN: jax.Array) -> jax.Array:
@@ -138,15 +144,16 @@ def basal_ganglia_gate(config: BrainConfig, tr_BxN: jax.Array) -> jax.Array:
     return jnp.ones(tr_BxN.shape[:1], jnp.float32)
   sl = config.area_slice("basal_ganglia")
   half = (sl.stop - sl.start) // 2
-  go = jnp.mean(tr_BxN[:, sl.start:sl.start + half], axis=-1)
-  nogo = jnp.mean(tr_BxN[:, sl.start + half:sl.stop], axis=-1)
+  n = tr_BxN.shape[-1]
+  go = tr_BxN @ _range_mean_N(n, sl.start, sl.start + half)
+  nogo = tr_BxN @ _range_mean_N(n, sl.start + half, sl.stop)
   return 2.0 * jax.nn.sigmoid(BG_GATE_SLOPE * (go - nogo) / (go + nogo + 1e-3))
 
 
 class _Acc(NamedTuple):
   """Per-token sums carried through the ticks (bf16 where exact enough: counts <= ticks)."""
 
-  read_BxNr: jax.Array
+  read_BxN: jax.Array
   post_BxN: jax.Array
   spikes_BxN: jax.Array
   learn_ticks_N: jax.Array
@@ -167,27 +174,35 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     raster_stride: >0 records stream 0's spikes of every `raster_stride`-th neuron per tick.
   Returns:
     (new state, logits_BxV, StepAux).
+
+  Inside the tick loop every [B, N] operation is elementwise or a reduction over all N
+  (areas and gates select neurons by masks, never by slices): with the neurons split
+  over devices (`sharding`, 'model' axis) a tick then exchanges only the spikes (the
+  gather of pre blocks in `ops.propagate`) and a few [B] sums.
   """
   conn = params.conn
   table = phase_table(config, conn)
-  n_in = config.input_size
+  n, n_in = config.num_neurons, config.input_size
   broca = config.area_slice(config.readout_area)
   bsz = token_ids_B.shape[0]
 
   x_BxD = params.embed[token_ids_B]
   drive_BxNin = x_BxD @ params.w_in
   thal_gate_B = thalamic_gate(config, drive_BxNin, state.neurons.i)
-  drive_BxNin = drive_BxNin * thal_gate_B[:, None]
+  drive_BxN = jnp.pad(drive_BxNin * thal_gate_B[:, None], ((0, 0), (0, n - n_in)))
+  input_gain_PxN = jnp.pad(table.input_gain_PxNin, ((0, 0), (0, n - n_in)))
+  broca_N = _range_mean_N(n, broca.start, broca.stop) > 0
+  area_avg_NxA = jax.nn.one_hot(conn.area_N, len(config.areas), dtype=jnp.float32) / jnp.asarray(
+      config.area_sizes, jnp.float32)
   sign_N = conn.sign_N.astype(params.tiles.dtype)
 
   def tick(carry, row):
     ns, acc, bg_gate_B = carry
-    input_gain_Nin, gain_RxK, learn_N, read, bg_on = row
+    input_gain_N, gain_RxK, learn_N, read, bg_on = row
     cur_BxN = ops.propagate(ns.s.astype(sign_N.dtype) * sign_N, params.tiles, conn.col_RxK, gain_RxK,
                             config.implementation)
     gate_B = jnp.where(bg_on > 0, basal_ganglia_gate(config, ns.tr), 1.0)
-    cur_BxN = cur_BxN.at[:, broca].multiply(gate_B[:, None])
-    cur_BxN = cur_BxN.at[:, :n_in].add(drive_BxNin * input_gain_Nin)
+    cur_BxN = cur_BxN * jnp.where(broca_N, gate_B[:, None], 1.0) + drive_BxN * input_gain_N
     ns, x_BxN = neuron_step(config, ns, cur_BxN, state.theta_N)
     if collect:
       psi_BxN = pseudo_derivative(x_BxN, config.surrogate_width) * learn_N
@@ -196,14 +211,14 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
           spikes_BxN=(acc.spikes_BxN + ns.s).astype(acc.spikes_BxN.dtype),
           learn_ticks_N=acc.learn_ticks_N + learn_N,
       )
-    acc = acc._replace(read_BxNr=acc.read_BxNr + ns.tr[:, broca] * read, read_ticks=acc.read_ticks + read)
-    area_rate_A = _area_mean(ns.s, config)
+    acc = acc._replace(read_BxN=acc.read_BxN + ns.tr * read, read_ticks=acc.read_ticks + read)
+    area_rate_A = _area_mean(ns.s, area_avg_NxA)
     raster = ns.s[0, ::raster_stride] if raster_stride else jnp.zeros((0,), ns.s.dtype)
     return (ns, acc, jnp.where(bg_on > 0, gate_B, bg_gate_B)), (area_rate_A, raster)
 
   def phase(carry, ph):
-    ticks, input_gain_Nin, gain_RxK, learn_N, read, bg_on = ph
-    row = (input_gain_Nin, gain_RxK, learn_N, read, bg_on)
+    ticks, input_gain_N, gain_RxK, learn_N, read, bg_on = ph
+    row = (input_gain_N, gain_RxK, learn_N, read, bg_on)
 
     def body(c, tick_index):
       def active(c):
@@ -220,19 +235,18 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     phase_rate_A = jnp.sum(rates_TxA, axis=0) / jnp.maximum(jnp.sum(on_T), 1.0)
     return carry, (phase_rate_A, raster_TxS, on_T)
 
-  n, nr = config.num_neurons, config.readout_size
   z = lambda *s: jnp.zeros(s, jnp.float32)
   h = lambda *s: jnp.zeros(s, jnp.bfloat16)
   if collect:
-    acc0 = _Acc(z(bsz, nr), h(bsz, n), h(bsz, n), z(n), z())
+    acc0 = _Acc(z(bsz, n), h(bsz, n), h(bsz, n), z(n), z())
   else:
-    acc0 = _Acc(z(bsz, nr), h(0, 0), h(0, 0), z(0), z())
-  xs = (table.ticks_P, table.input_gain_PxNin, table.gain_PxRxK, table.learn_PxN, table.read_P,
+    acc0 = _Acc(z(bsz, n), h(0, 0), h(0, 0), z(0), z())
+  xs = (table.ticks_P, input_gain_PxN, table.gain_PxRxK, table.learn_PxN, table.read_P,
         table.bg_gate_P)
   (ns, acc, bg_gate_B), (rates_PxA, raster_PxTxS, on_PxT) = jax.lax.scan(
       phase, (state.neurons, acc0, state.bg_gate_B), xs)
 
-  features_BxNr = acc.read_BxNr / jnp.maximum(acc.read_ticks, 1.0)
+  features_BxNr = acc.read_BxN[:, broca] / jnp.maximum(acc.read_ticks, 1.0)
   logits_BxV = readout.logits(params.embed, params.w_out, params.b_out, features_BxNr)
   if collect:
     denom_N = jnp.maximum(acc.learn_ticks_N, 1.0)

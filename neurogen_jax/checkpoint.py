@@ -369,8 +369,10 @@ def restore(path: str | os.PathLike, abstract: TrainState, *, device: jax.Device
 
   Args:
     path: a `checkpoint_step_N` directory.
-    abstract: the target's shapes and dtypes, from `abstract_train_state`.
-    device: where the arrays go (default: the first device).
+    abstract: the target's shapes and dtypes, from `abstract_train_state`. Leaves that
+      carry a sharding (`sharding.abstract_train_state(..., mesh)`) are read straight into
+      that layout, on any number of devices; the others go to `device`.
+    device: where unsharded leaves go (default: the first device).
     verify_files: check sizes and hashes against the manifest first.
 
   Raises:
@@ -404,7 +406,7 @@ def restore_items(path: str | os.PathLike, abstract: Mapping[str, Any], *,
       saved_meta = checkpointer.metadata(state_dir).item_metadata
       targets, problems = {}, []
       for name, tree in abstract.items():
-        wanted = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
+        wanted = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding or sharding)
                   for k, v in _flatten(tree).items()}
         item_meta = saved_meta.get(name) if saved_meta is not None else None
         if item_meta is None and (state_dir / name).is_dir():
@@ -460,7 +462,7 @@ def _unflatten(abstract: Any, values: Mapping[str, Any], sharding) -> Any:
   for path, leaf in paths:
     name = _leaf_name(path)
     if math.prod(leaf.shape) == 0:
-      leaves.append(jax.device_put(jnp.zeros(leaf.shape, leaf.dtype), sharding))
+      leaves.append(jax.device_put(jnp.zeros(leaf.shape, leaf.dtype), leaf.sharding or sharding))
     else:
       leaves.append(values[name])
   return jax.tree_util.tree_unflatten(treedef, leaves)

@@ -75,7 +75,7 @@ class ChunkMetrics(NamedTuple):
   plastic: dict            # plasticity statistics (dopamine, tags, ...)
 
 
-def _local_chunk(config, pcfg, ts: TrainState, inputs_BxL, targets_BxL):
+def _local_chunk(config, pcfg, ts: TrainState, inputs_BxL, targets_BxL, axis_name=None):
   collect = pcfg.any_brain_rule
 
   def body(carry, xs):
@@ -84,7 +84,7 @@ def _local_chunk(config, pcfg, ts: TrainState, inputs_BxL, targets_BxL):
     bstate, logits_BxV, aux = brain.cognitive_step(params, bstate, tok_B, config, collect=collect)
     ce_B = readout.cross_entropy(logits_BxV, tgt_B)
     params, bstate, pstate, pstats = plasticity.apply(config, pcfg, params, bstate, pstate, aux,
-                                                      logits_BxV, tgt_B, ce_B, tok_B)
+                                                      logits_BxV, tgt_B, ce_B, tok_B, axis_name)
     correct_B = (jnp.argmax(logits_BxV, -1) == tgt_B).astype(jnp.float32)
     rate_A = jnp.mean(aux.rates_PxA, axis=0)
     feats = aux.features_BxNr.astype(jnp.bfloat16)
@@ -124,19 +124,25 @@ def _bptt_chunk(config, pcfg, ts: TrainState, inputs_BxL, targets_BxL):
   return ts.params, bstate, ts.plastic, grads, ce_LxB, cor_LxB, rate_LxA, pstats
 
 
-@functools.partial(jax.jit, static_argnames=("config", "pcfg", "optimizer", "mode"))
+@functools.partial(jax.jit, static_argnames=("config", "pcfg", "optimizer", "mode", "axis_name"))
 def train_chunk(ts: TrainState, inputs_BxL: jax.Array, targets_BxL: jax.Array, *, config: BrainConfig,
-                pcfg: PlasticityConfig, optimizer: optax.GradientTransformation, mode: str = "local"
-                ) -> tuple[TrainState, ChunkMetrics]:
+                pcfg: PlasticityConfig, optimizer: optax.GradientTransformation, mode: str = "local",
+                axis_name: str | None = None) -> tuple[TrainState, ChunkMetrics]:
   """Trains on one chunk: inputs/targets int32 [B, L] (targets = next tokens).
 
   If anything non-finite appears (loss, weights, brain or plasticity state), the update is
   skipped: the returned state equals `ts` except that `step` advances, and
   `metrics.finite` is False (the caller counts these and may roll back).
+
+  axis_name: inside `jax.pmap`/`shard_map` with the streams split over devices, the mapped
+  axis: gradients, plasticity, the finiteness guard and the metric means then cover all
+  streams (see `sharding`). None under plain jit, sharded inputs included.
   """
-  chunk = _bptt_chunk if mode == "bptt" else _local_chunk
+  chunk = _bptt_chunk if mode == "bptt" else functools.partial(_local_chunk, axis_name=axis_name)
   params, bstate, pstate, grads, ce_LxB, cor_LxB, rate_LxA, pstats = chunk(
       config, pcfg, ts, inputs_BxL, targets_BxL)
+  mean = lambda x: x if axis_name is None else jax.lax.pmean(x, axis_name)
+  grads = jax.tree.map(mean, grads)
   p_train = trainable(params, mode)
   updates, opt_state = optimizer.update(grads, ts.opt_state, p_train)
   p_train = optax.apply_updates(p_train, updates)
@@ -149,10 +155,12 @@ def train_chunk(ts: TrainState, inputs_BxL: jax.Array, targets_BxL: jax.Array, *
   for leaf in jax.tree.leaves((params, bstate, pstate)):
     if jnp.issubdtype(leaf.dtype, jnp.floating):
       finite &= jnp.all(jnp.isfinite(leaf))
+  if axis_name is not None:  # every device keeps or skips the update alike
+    finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name) > 0
   new_ts = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_ts, ts)
   new_ts = new_ts._replace(step=ts.step + 1)
-  metrics = ChunkMetrics(loss=jnp.mean(ce_LxB), finite=finite, loss_BxL=ce_LxB.T, correct_BxL=cor_LxB.T,
-                         rates_A=jnp.mean(rate_LxA, axis=0),
+  metrics = ChunkMetrics(loss=mean(jnp.mean(ce_LxB)), finite=finite, loss_BxL=ce_LxB.T, correct_BxL=cor_LxB.T,
+                         rates_A=mean(jnp.mean(rate_LxA, axis=0)),
                          plastic=jax.tree.map(lambda x: jnp.mean(x, axis=0), pstats))
   return new_ts, metrics
 

@@ -3,18 +3,21 @@
 Both work on `NeuronState` arrays of shape [B, N] (B streams, N neurons) and take the
 synaptic input current of the tick. Spikes use a Heaviside forward pass with a
 triangular surrogate derivative (custom_jvp), so `jax.grad` flows through spikes; the
-same pseudo-derivative is the post-synaptic factor of the e-prop learning rule.
+same pseudo-derivative is the post-synaptic factor of the e-prop learning rule. `spike`
+and `pseudo_derivative` are defined once, beside the fused ALIF kernel
+(`pallas/neuron_update.py`), and re-exported here.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from neurogen_jax import ops
 from neurogen_jax.config import BrainConfig
+from neurogen_jax.pallas.neuron_update import pseudo_derivative, spike  # noqa: F401 (re-exported)
 
 
 class NeuronState(NamedTuple):
@@ -43,43 +46,20 @@ def init_neuron_state(config: BrainConfig, batch: int) -> NeuronState:
   return NeuronState(v=z, i=z, a=z, tr=z, s=z)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def spike(x: jax.Array, width: float = 0.5) -> jax.Array:
-  """Heaviside(x) with a triangular surrogate derivative of half-width `width`."""
-  del width
-  return (x > 0).astype(x.dtype)
-
-
-@spike.defjvp
-def _spike_jvp(width, primals, tangents):
-  (x,), (dx,) = primals, tangents
-  return spike(x, width), pseudo_derivative(x, width) * dx
-
-
-def pseudo_derivative(x: jax.Array, width: float = 0.5) -> jax.Array:
-  """psi(x) = max(0, 1 - |x|/width) / width: the surrogate d spike / d x."""
-  return jnp.maximum(0.0, 1.0 - jnp.abs(x) / width) / width
-
-
 def alif_step(config: BrainConfig, st: NeuronState, cur_BxN: jax.Array,
               theta_N: jax.Array) -> tuple[NeuronState, jax.Array]:
-  """One tick of adaptive LIF.
+  """One tick of adaptive LIF (the arithmetic lives beside its kernel, `ops.alif_update`).
 
   i <- a_s i + cur;  v <- a_m v + (1 - a_m) i;  thr = 1 + beta a + theta;
   s = H(v - thr);    v <- v - s thr (soft reset);  a <- a_a a + s;  tr <- a_t tr + s.
   Returns the new state and the scaled distance to threshold (v - thr)/thr, whose
   pseudo-derivative is the e-prop post-synaptic factor.
   """
-  a_s, a_m = config.decay(config.tau_syn_ms), config.decay(config.tau_mem_ms)
-  a_a, a_t = config.decay(config.tau_adapt_ms), config.decay(config.tau_trace_ms)
-  i = a_s * st.i + cur_BxN
-  v = a_m * st.v + (1.0 - a_m) * i
-  thr = config.threshold + config.adapt_beta * st.a + theta_N
-  x = (v - thr) / thr
-  s = spike(x, config.surrogate_width)
-  v = v - jax.lax.stop_gradient(thr) * s
-  a = a_a * st.a + s
-  tr = a_t * st.tr + s
+  v, i, a, tr, s, x = ops.alif_update(
+      st.v, st.i, st.a, st.tr, cur_BxN, theta_N, a_s=config.decay(config.tau_syn_ms),
+      a_m=config.decay(config.tau_mem_ms), a_a=config.decay(config.tau_adapt_ms),
+      a_t=config.decay(config.tau_trace_ms), beta=config.adapt_beta, threshold=config.threshold,
+      width=config.surrogate_width, implementation=config.implementation)
   return NeuronState(v=v, i=i, a=a, tr=tr, s=s), x
 
 

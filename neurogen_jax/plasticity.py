@@ -185,11 +185,36 @@ def _eprop_tiles(config, params, feedback_DxN, err_BxD, pre_BxN, post_BxN, lr):
   return -(lr / pre_BxN.shape[0]) * d_W * gain, learn_BxN
 
 
+def _across(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """x averaged over the devices that split the streams (x itself when none do)."""
+  return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+
+def _stream_mean(x_Bx: jax.Array, axis_name: str | None) -> jax.Array:
+  """Mean over all streams (axis 0)."""
+  return _across(jnp.mean(x_Bx, axis=0), axis_name)
+
+
+def _stream_row(x_BxF: jax.Array, b: jax.Array, axis_name: str | None) -> jax.Array:
+  """Row `b` of the global stream batch, as a one-hot contraction: with the streams split
+  over devices (SPMD or `axis_name`), only the [F] row crosses devices, never all of [B, F]."""
+  bsz = x_BxF.shape[0]
+  first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * bsz
+  row_F = jnp.tensordot((first + jnp.arange(bsz) == b).astype(x_BxF.dtype), x_BxF, 1)
+  return row_F if axis_name is None else jax.lax.psum(row_F, axis_name)
+
+
 def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: PlasticState, aux,
-          logits_BxV, targets_B, ce_B, tokens_B):
-  """One token's local learning. Returns (params, bstate, pstate, stats dict of scalars)."""
+          logits_BxV, targets_B, ce_B, tokens_B, axis_name: str | None = None):
+  """One token's local learning. Returns (params, bstate, pstate, stats dict of scalars).
+
+  axis_name: when the streams are split over devices by `jax.pmap`/`shard_map`, the
+  mapped axis; every mean over streams (and the tile update) is then taken over all of
+  them. None when B is the whole batch (also under jit with sharded inputs).
+  """
   unit = weight_unit(config)
   bsz = targets_B.shape[0]
+  streams = bsz if axis_name is None else bsz * jax.lax.axis_size(axis_name)
   ticks = config.ticks_per_token
   stats = {k: jnp.zeros((), jnp.float32) for k in STAT_KEYS}
   tiles = params.tiles.astype(jnp.float32)
@@ -198,11 +223,12 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
   # 2. Dopamine: reward prediction error of each stream.
   reward_B = -ce_B
   dopamine_B = reward_B - pstate.reward_mean
-  reward_mean = pstate.reward_mean * pcfg.reward_decay + (1 - pcfg.reward_decay) * jnp.mean(reward_B)
+  batch_reward = _stream_mean(reward_B, axis_name)
+  reward_mean = pstate.reward_mean * pcfg.reward_decay + (1 - pcfg.reward_decay) * batch_reward
   # First token: no baseline yet, start it at the reward itself.
-  reward_mean = jnp.where(pstate.count == 0, jnp.mean(reward_B), reward_mean)
+  reward_mean = jnp.where(pstate.count == 0, batch_reward, reward_mean)
   dopamine_B = jnp.where(pstate.count == 0, 0.0, dopamine_B)
-  stats["dopamine"] = jnp.mean(dopamine_B)
+  stats["dopamine"] = _stream_mean(dopamine_B, axis_name)
   stats["reward_mean"] = reward_mean
 
   err_BxD = None
@@ -217,8 +243,12 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
     n_in = config.input_size
     g_Nin = (learn_BxN * aux.post_BxN)[:, :n_in]
     x_BxD = params.embed[tokens_B] * bstate.thal_gate_B[:, None]
-    w_in = params.w_in - (pcfg.input_lr / bsz) * (x_BxD.T @ g_Nin)
-    embed = params.embed.at[tokens_B].add(-(pcfg.input_lr / bsz) * (g_Nin @ params.w_in.T))
+    w_in = params.w_in - pcfg.input_lr * _across((x_BxD.T @ g_Nin) / bsz, axis_name)
+    rows_BxD, tokens = g_Nin @ params.w_in.T, tokens_B
+    if axis_name is not None:  # every device adds every stream's row
+      rows_BxD = jax.lax.all_gather(rows_BxD, axis_name, tiled=True)
+      tokens = jax.lax.all_gather(tokens_B, axis_name, tiled=True)
+    embed = params.embed.at[tokens].add(-(pcfg.input_lr / streams) * rows_BxD)
     params = params._replace(w_in=w_in, embed=embed)
 
   # 1 + 2. Hebbian family in one factorised GEMM: STDP (LTP - LTD) and dopamine-gated LTP.
@@ -233,8 +263,12 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
     pre_parts.append(aux.pre_BxN * dopamine_B[:, None])
     post_parts.append(pcfg.dopamine_lr * unit * (rate_BxN - bstate.rate_N))
   if pre_parts:
-    d_W = d_W + ops.tile_outer(jnp.concatenate(pre_parts), jnp.concatenate(post_parts),
+    # Parts side by side per stream ([B, parts, N] -> [B*parts, N]): each stream's rows stay
+    # on its device when the streams are sharded (concatenating along B would move them).
+    stack = lambda parts: jnp.stack(parts, axis=1).reshape(-1, parts[0].shape[-1])
+    d_W = d_W + ops.tile_outer(stack(pre_parts), stack(post_parts),
                                params.conn.col_RxK, config.tile, config.implementation) / bsz
+  d_W = _across(d_W, axis_name)  # one reduction per token for all rules
 
   # 3. Tagging and capture (the token's update lands in the decaying early component).
   early, tag, protein = pstate.early_W, pstate.tag_W, pstate.protein
@@ -245,7 +279,7 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
     mag = jnp.abs(d_W)
     strong = mag > pcfg.tag_threshold * pstate.update_scale
     tag_f = jnp.maximum(tag.astype(jnp.float32) * pcfg.tag_decay, strong.astype(jnp.float32))
-    protein = pcfg.protein_decay * protein + (1 - pcfg.protein_decay) * jnp.maximum(jnp.mean(dopamine_B), 0.0)
+    protein = pcfg.protein_decay * protein + (1 - pcfg.protein_decay) * jnp.maximum(stats["dopamine"], 0.0)
     captured = jnp.where(protein > pcfg.capture_threshold, pcfg.capture_rate, 0.0) * tag_f * new_early
     new_early = new_early - captured  # moved into the late part: total weight unchanged
     stats["tag_fraction"] = jnp.mean(tag_f > 0.5)
@@ -259,7 +293,7 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
   # 4. Homeostasis: thresholds toward the target rate, slow synaptic scaling.
   theta_N, rate_N = bstate.theta_N, bstate.rate_N
   if aux.spikes_BxN.size:  # factors were collected
-    rate_tok_N = jnp.mean(rate_BxN, axis=0)
+    rate_tok_N = _stream_mean(rate_BxN, axis_name)
     rate_N = rate_N * pcfg.rate_decay + (1 - pcfg.rate_decay) * rate_tok_N
   if pcfg.homeostasis:
     target = config.target_rate
@@ -283,13 +317,14 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
   p_fields = {}
   if pcfg.replay:
     m = pcfg.replay_size
-    b = pstate.count % bsz
+    b = pstate.count % streams
     slot = pstate.count % m
+    row = lambda x_BxF: _stream_row(x_BxF, b, axis_name)
     p_fields = dict(
-        replay_feat_MxNr=pstate.replay_feat_MxNr.at[slot].set(aux.features_BxNr[b].astype(jnp.bfloat16)),
-        replay_pre_MxN=pstate.replay_pre_MxN.at[slot].set(aux.pre_BxN[b].astype(jnp.bfloat16)),
-        replay_post_MxN=pstate.replay_post_MxN.at[slot].set(aux.post_BxN[b].astype(jnp.bfloat16)),
-        replay_target_M=pstate.replay_target_M.at[slot].set(targets_B[b]),
+        replay_feat_MxNr=pstate.replay_feat_MxNr.at[slot].set(row(aux.features_BxNr).astype(jnp.bfloat16)),
+        replay_pre_MxN=pstate.replay_pre_MxN.at[slot].set(row(aux.pre_BxN).astype(jnp.bfloat16)),
+        replay_post_MxN=pstate.replay_post_MxN.at[slot].set(row(aux.post_BxN).astype(jnp.bfloat16)),
+        replay_target_M=pstate.replay_target_M.at[slot].set(row(targets_B)),
         replay_filled=jnp.minimum(pstate.replay_filled + 1, m),
     )
     do_replay = (pstate.count + 1) % pcfg.replay_every == 0

@@ -46,7 +46,7 @@ import optax
 import tqdm
 from tensorboardX import SummaryWriter
 
-from neurogen_jax import checkpoint, data, learning, readout
+from neurogen_jax import checkpoint, data, learning, readout, sharding
 from neurogen_jax import tokenizer as tokenizer_lib
 from neurogen_jax.checkpoint import CheckpointError
 from neurogen_jax.config import BrainConfig, seed_phases
@@ -179,6 +179,11 @@ class Trainer:
     self.chunk_len = int(config.train.chunk_len)
     self.mode = config.train.mode
     self.device = _pick_device(int(config.train.gpu_device))
+    mesh_cfg = config.get("mesh", None)
+    data_axis, model_axis = (int(mesh_cfg.data), int(mesh_cfg.model)) if mesh_cfg else (1, 1)
+    # A 1 x 1 mesh is the plain one-device path; anything larger runs the sharded step.
+    self.mesh = sharding.make_mesh(data_axis, model_axis) if data_axis * model_axis > 1 else None
+    self._step_fn = None
     self.plasticity_config = plasticity_config_from(config)
     self.optimizer = learning.make_optimizer(config.train.learning_rate, config.train.grad_clip,
                                              config.train.weight_decay)
@@ -245,9 +250,7 @@ class Trainer:
       bias = readout.unigram_bias(self.tokenizer.encode("".join(sample)),
                                   self.brain_config.vocab_size)
       ts = ts._replace(params=ts.params._replace(b_out=jnp.asarray(bias)))
-    # Committed to the device like restored arrays: a fresh, a fine-tuned and a resumed run
-    # then share one compiled train_chunk (committed-ness is part of jit's cache key).
-    self.train_state = jax.device_put(ts, self.device)
+    self.train_state = self._place(ts)
     self.step = 0
     self.tokens = 0
     self._batches = iter(self._packed())
@@ -300,15 +303,19 @@ class Trainer:
           f"{path / checkpoint.METADATA_FILE}: the checkpoint does not match this run's "
           f"config: {'; '.join(changed)}. Resume with the checkpoint's settings, start afresh "
           "with --resume=no (or another --run_dir), or fine-tune from it with --init_from.")
-    abstract = checkpoint.abstract_train_state(self.brain_config, self.plasticity_config,
-                                               self.optimizer, self.batch_size, self.mode)
+    if self.mesh is None:
+      abstract = checkpoint.abstract_train_state(self.brain_config, self.plasticity_config,
+                                                 self.optimizer, self.batch_size, self.mode)
+    else:  # restore straight onto the mesh (any device count the checkpoint was saved on)
+      abstract = sharding.abstract_train_state(self.brain_config, self.plasticity_config,
+                                               self.optimizer, self.batch_size, self.mesh, self.mode)
     ts, self._rng = checkpoint.restore(path, abstract, device=self.device)
     saved_lr = meta["config"]["train"]["learning_rate"]
     if saved_lr != self.config.train.learning_rate:
       ts = ts._replace(opt_state=optax.tree_utils.tree_set(
           ts.opt_state, learning_rate=jnp.asarray(self.config.train.learning_rate, jnp.float32)))
       _say(f"Learning rate changed on resume: {saved_lr} -> {self.config.train.learning_rate}.")
-    self.train_state = ts
+    self.train_state = self._place(ts)
     self.step = int(meta["step"])
     self.tokens = int(meta["tokens"])
     self._elapsed_s = float(meta.get("elapsed_s", 0.0))
@@ -365,6 +372,28 @@ class Trainer:
 
   # ---- the loop
 
+  def _place(self, ts: learning.TrainState) -> learning.TrainState:
+    """Commits the state to the device, or lays it out on the mesh."""
+    if self.mesh is None:
+      # Committed like restored arrays: a fresh, a fine-tuned and a resumed run then share
+      # one compiled train_chunk (committed-ness is part of jit's cache key).
+      return jax.device_put(ts, self.device)
+    return sharding.shard_train_state(ts, self.mesh)
+
+  def _train_chunk(self, batch) -> tuple[learning.TrainState, learning.ChunkMetrics]:
+    """One `learning.train_chunk` on the device, or its sharded form on the mesh."""
+    if self.mesh is None:
+      return learning.train_chunk(
+          self.train_state, jnp.asarray(batch.inputs_BxL), jnp.asarray(batch.targets_BxL),
+          config=self.brain_config, pcfg=self.plasticity_config, optimizer=self.optimizer,
+          mode=self.mode)
+    if self._step_fn is None:
+      self._step_fn = sharding.sharded_train_chunk(
+          self.mesh, self.train_state, config=self.brain_config, pcfg=self.plasticity_config,
+          optimizer=self.optimizer, mode=self.mode)
+    return self._step_fn(self.train_state, sharding.shard_batch(batch.inputs_BxL, self.mesh),
+                         sharding.shard_batch(batch.targets_BxL, self.mesh))
+
   def train(self) -> TrainResult:
     """Trains until `max_chunks`, the end of the data, or SIGINT/SIGTERM; saves at the end."""
     t = self.config.train
@@ -387,10 +416,7 @@ class Trainer:
           stopped = "end_of_data"
         start = time.perf_counter()
         while batch is not None:
-          ts, metrics = learning.train_chunk(
-              self.train_state, jnp.asarray(batch.inputs_BxL), jnp.asarray(batch.targets_BxL),
-              config=self.brain_config, pcfg=self.plasticity_config, optimizer=self.optimizer,
-              mode=self.mode)
+          ts, metrics = self._train_chunk(batch)
           self.train_state = ts
           # Host work while the device computes: the data state after this batch (only
           # when a checkpoint may follow: it costs ~B x segment tokens of packing), the bytes

@@ -430,3 +430,25 @@ def test_sentencepiece_tokenizer_is_trained_saved_and_reloaded(tmp_path, env, da
   check(run_cli("experiments.train", train_args(data_dir, second, 2)
                 + [f"--config.data.tokenizer={model}"], env))
   assert (second / "tokenizer" / "tokenizer.model").read_bytes() == model.read_bytes()
+
+
+@pytest.mark.slow
+def test_cli_data_parallel_mesh_trains_and_resumes(tmp_path, straight, env, data_dir):
+  """`--config.mesh.data=2` on two (forced CPU) devices: trains, checkpoints, resumes onto
+  the mesh, and stays within rounding of the one-device run (same data, same seed)."""
+  env2 = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  run_dir = tmp_path / "mesh"
+  args = train_args(data_dir, run_dir, 4) + ["--config.mesh.data=2"]
+  check(run_cli("experiments.train", args, env2))
+  second = check(run_cli("experiments.train", train_args(data_dir, run_dir, 6) + ["--config.mesh.data=2"],
+                         env2))
+  assert "Resumed from" in second.stderr and "(step 4," in second.stderr
+  mesh_records, plain_records = metrics(run_dir), metrics(straight)
+  assert [r["step"] for r in mesh_records] == [2, 4, 6]
+  for m, p in zip(mesh_records, plain_records):
+    assert abs(m["loss"] - p["loss"]) < 0.05 * abs(p["loss"]), (m["loss"], p["loss"])
+  mesh_ts, _ = restore_all(run_dir / "checkpoints" / "checkpoint_step_6")
+  plain_ts, _ = restore_all(straight / "checkpoints" / "checkpoint_step_6")
+  w_mesh = np.asarray(mesh_ts.params.w_out, np.float32)
+  w_plain = np.asarray(plain_ts.params.w_out, np.float32)
+  assert np.abs(w_mesh - w_plain).max() < 0.05 * np.abs(w_plain).max() + 1e-6

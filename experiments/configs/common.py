@@ -94,6 +94,10 @@ def base_config() -> ml_collections.ConfigDict:
       keep_checkpoints=3,
       gpu_device=0,
   ))
+  # The device mesh: data x model; 1 x 1 is one device (train.gpu_device). Data parallel
+  # splits the B streams (batch_size must divide by `data`); model parallel splits the
+  # neuron blocks (docs/SHARDING.md).
+  config.mesh = ml_collections.ConfigDict(dict(data=1, model=1))
   config.train.chunk_len = (config.train.get_ref("tokens_per_chunk")
                             // config.train.get_ref("batch_size"))
   return config
