@@ -26,7 +26,6 @@ batch (`process_stream_slice`, `shard_batch`). docs/SHARDING.md has the measurem
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 from typing import Any
 
@@ -256,12 +255,8 @@ def sharded_train_chunk(mesh: Mesh, ts: Any, *, config: BrainConfig, pcfg: Plast
                  out_shardings=(ts_shardings, NamedSharding(mesh, P())), donate_argnums=(0,))
 
 
-def _has_axis_name_hook() -> bool:
-  return "axis_name" in inspect.signature(learning.train_chunk).parameters
-
-
 def _split_streams_by_hand(mesh: Mesh, mode: str) -> bool:
-  """Whether `sharded_train_chunk` maps the streams with `shard_map` (needs the hook).
+  """Whether `sharded_train_chunk` maps the streams with `shard_map` (the `axis_name` hook).
 
   Fully manual when 'model' is 1. With 'model' partitioned, XLA (jax 0.11.2) fails on two
   partly manual programs, which therefore take its partitioning alone: a manual 'data'
@@ -270,8 +265,6 @@ def _split_streams_by_hand(mesh: Mesh, mode: str) -> bool:
   binary instruction opcode copy"; bptt has no per-token batch means, its gradient is
   reduced once per chunk either way).
   """
-  if not _has_axis_name_hook():
-    return False
   return mesh.shape[MODEL] == 1 or (mesh.shape[DATA] > 1 and mode != "bptt")
 
 
@@ -282,15 +275,6 @@ def _per_stream(ts: Any) -> Any:
   """True for the leaves that hold one row per stream (sharded on 'data')."""
   return jax.tree.map(lambda spec: len(spec) > 0 and spec[0] == DATA, train_state_specs(ts),
                       is_leaf=lambda x: isinstance(x, P))
-
-
-def _check_pmap_hook() -> None:
-  if not _has_axis_name_hook():
-    raise NotImplementedError(
-        "pmap_train_chunk needs learning.train_chunk(..., axis_name=...) so that the batch "
-        "means of the readout gradient and of plasticity are taken over all devices; apply "
-        "the learning.py/plasticity.py change in docs/SHARDING.md, or use the mesh path "
-        "(shard_train_state + sharded_train_chunk), which needs no change.")
 
 
 def pmap_split(ts: TrainState, num_devices: int | None = None) -> TrainState:
@@ -337,7 +321,6 @@ def pmap_train_chunk(ts_D: TrainState, inputs_BxL: Any, targets_BxL: Any, *, con
   and every plasticity update are averaged over all B streams (pmean/psum inside), so the
   result equals the single-device step. Metrics come back global: scalars once, [B, L].
   """
-  _check_pmap_hook()
   n = ts_D.step.shape[0]
   split = lambda x: np.asarray(x).reshape((n, -1) + np.shape(x)[1:])
   step = _pmapped_train_chunk(config, pcfg, optimizer, mode, n)

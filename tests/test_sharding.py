@@ -182,20 +182,15 @@ def _worker() -> dict:
 
   out["sharded_init_equal"], out["sharded_init_spec"] = timed("sharded_init", sharded_init)
 
-  # pmap over the 8 devices: needs learning.train_chunk's `axis_name` hook.
-  try:
-    sharding._check_pmap_hook()
-  except NotImplementedError as e:
-    out["pmap_8"] = {"skipped": str(e)}
-  else:
-    def run_pmap():
-      results = []
-      for c in range(CHUNKS):
-        ts, m = sharding.pmap_train_chunk(sharding.pmap_split(ref[c], DEVICES), *chunk(c), **kw)
-        results.append((c, sharding.pmap_join(ts), float(m.loss)))
-      return _compare(ref, ref_losses, results)
+  # pmap over the 8 devices (learning.train_chunk's `axis_name` hook).
+  def run_pmap():
+    results = []
+    for c in range(CHUNKS):
+      ts, m = sharding.pmap_train_chunk(sharding.pmap_split(ref[c], DEVICES), *chunk(c), **kw)
+      results.append((c, sharding.pmap_join(ts), float(m.loss)))
+    return _compare(ref, ref_losses, results)
 
-    out["pmap_8"] = timed("pmap_8", run_pmap)
+  out["pmap_8"] = timed("pmap_8", run_pmap)
   return out
 
 
@@ -359,8 +354,6 @@ def test_sharded_init_equals_plain_init(results):
 @pytest.mark.slow
 def test_pmap_equals_single_device(results):
   run = results["pmap_8"]
-  if "skipped" in run:
-    pytest.skip(run["skipped"])
   _assert_equal_to_single_device(run)
 
 
