@@ -60,10 +60,10 @@ def init_train_state(config: BrainConfig, pcfg: PlasticityConfig, optimizer, key
                     plastic=plasticity.init_plastic_state(config, pcfg), step=jnp.zeros((), jnp.int32))
 
 
-def _readout_loss(p: dict, features_BxNr: jax.Array, targets_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _readout_loss(p: dict, features_BxNr: jax.Array, targets_B: jax.Array) -> jax.Array:
+  """Mean cross entropy of the readout (w_out, b_out, embed) on fixed Broca features."""
   logits_BxV = readout.logits(p["embed"], p["w_out"], p["b_out"], features_BxNr)
-  ce_B = readout.cross_entropy(logits_BxV, targets_B)
-  return jnp.mean(ce_B), (ce_B, logits_BxV)
+  return jnp.mean(readout.cross_entropy(logits_BxV, targets_B))
 
 
 class ChunkMetrics(NamedTuple):
@@ -94,8 +94,7 @@ def _local_chunk(config, pcfg, ts: TrainState, inputs_BxL, targets_BxL, axis_nam
       body, (ts.params, ts.brain_state, ts.plastic), (inputs_BxL.T, targets_BxL.T))
   # The readout learns from the whole chunk at once: one [L*B] minibatch of Broca features.
   feats = feats_LxBxNr.reshape(-1, feats_LxBxNr.shape[-1]).astype(jnp.float32)
-  grads = jax.grad(lambda p: _readout_loss(p, feats, targets_BxL.T.reshape(-1))[0])(
-      trainable(params, "local"))
+  grads = jax.grad(_readout_loss)(trainable(params, "local"), feats, targets_BxL.T.reshape(-1))
   return params, bstate, pstate, grads, ce_LxB, cor_LxB, rate_LxA, pstats
 
 

@@ -138,9 +138,9 @@ class NeuroGenModel:
                top_k: int | None = None, seed: int = 0) -> list[int]:
     """Reads the prompt, then writes `max_length` tokens (temperature 0 = greedy)."""
     state = generate.inference_state(self.config, self.state)
-    return generate.generate(self.params, state, self.config, list(np.asarray(prompt_token_ids).ravel())
-                             if not isinstance(prompt_token_ids, (list, tuple)) else prompt_token_ids,
-                             max_length=max_length, temperature=temperature, top_k=top_k or 0, seed=seed)
+    prompt = np.asarray(prompt_token_ids).ravel().tolist()  # any array-like of ids
+    return generate.generate(self.params, state, self.config, prompt, max_length=max_length,
+                             temperature=temperature, top_k=top_k or 0, seed=seed)
 
   # ---------------------------------------------------------------- checkpoints
   def save_checkpoint(self, path: str) -> Path:

@@ -218,6 +218,7 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
   ticks = config.ticks_per_token
   stats = {k: jnp.zeros((), jnp.float32) for k in STAT_KEYS}
   tiles = params.tiles.astype(jnp.float32)
+  exc = _excitatory_pre(config, params.conn)  # [R, K, T, 1], used by scaling and its statistics
   d_W = jnp.zeros_like(tiles)
 
   # 2. Dopamine: reward prediction error of each stream.
@@ -308,7 +309,6 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
     norm_2xN = (targets_2 / jnp.maximum(pstate.in_mean_2xN, 1e-12)) ** pcfg.normalization_rate
     rate_N_scale = 1.0 + pcfg.scaling_lr * jnp.clip((target - rate_N) / target, -1.0, 1.0)
     f_2xN = norm_2xN * rate_N_scale
-    exc = _excitatory_pre(config, params.conn)
     tiles = tiles * jnp.where(exc, f_2xN[0].reshape(r, 1, 1, t), f_2xN[1].reshape(r, 1, 1, t))
   bstate = bstate._replace(theta_N=theta_N, rate_N=rate_N)
   stats["theta_mean"] = jnp.mean(theta_N)
@@ -353,7 +353,6 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
 
   w_max = pcfg.max_weight_factor * unit
   tiles = jnp.clip(tiles, 0.0, w_max)
-  exc = _excitatory_pre(config, params.conn)
   n_exc_R = jnp.sum(exc, axis=(1, 2, 3))
   n_all = config.fan_in_tiles * config.tile
   sum_e = jnp.sum(jnp.where(exc, tiles, 0.0), axis=(1, 2))
