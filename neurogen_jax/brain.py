@@ -21,7 +21,7 @@ from neurogen_jax import ops, readout
 from neurogen_jax.config import BrainConfig
 from neurogen_jax.connectivity import Connectivity, build_connectivity, init_tiles
 from neurogen_jax.neurons import NeuronState, init_neuron_state, neuron_step, pseudo_derivative
-from neurogen_jax.phases import phase_table
+from neurogen_jax.phases import phase_of_tick, phase_table
 
 # How sharply the basal ganglia's Go-NoGo difference opens Broca's gate.
 BG_GATE_SLOPE = 4.0
@@ -196,9 +196,12 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
       config.area_sizes, jnp.float32)
   sign_N = conn.sign_N.astype(params.tiles.dtype)
 
-  def tick(carry, row):
+  def tick(carry, p):
     ns, acc, bg_gate_B = carry
-    input_gain_N, gain_RxK, learn_N, read, bg_on = row
+    # This tick's phase row (a dynamic index into the [P, ...] table: one scan over all
+    # ticks of the token, no per-phase loop and no conditional).
+    input_gain_N, gain_RxK, learn_N = input_gain_PxN[p], table.gain_PxRxK[p], table.learn_PxN[p]
+    read, bg_on = table.read_P[p], table.bg_gate_P[p]
     cur_BxN = ops.propagate(ns.s.astype(sign_N.dtype) * sign_N, params.tiles, conn.col_RxK, gain_RxK,
                             config.implementation)
     gate_B = jnp.where(bg_on > 0, basal_ganglia_gate(config, ns.tr), 1.0)
@@ -216,35 +219,19 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     raster = ns.s[0, ::raster_stride] if raster_stride else jnp.zeros((0,), ns.s.dtype)
     return (ns, acc, jnp.where(bg_on > 0, gate_B, bg_gate_B)), (area_rate_A, raster)
 
-  def phase(carry, ph):
-    ticks, input_gain_N, gain_RxK, learn_N, read, bg_on = ph
-    row = (input_gain_N, gain_RxK, learn_N, read, bg_on)
-
-    def body(c, tick_index):
-      def active(c):
-        c, (rate_A, raster) = tick(c, row)
-        return c, (rate_A, raster, 1.0)
-
-      def idle(c):
-        n_raster = len(range(0, config.num_neurons, raster_stride)) if raster_stride else 0
-        return c, (jnp.zeros((len(config.areas),), jnp.float32), jnp.zeros((n_raster,), jnp.float32), 0.0)
-
-      return jax.lax.cond(tick_index < ticks, active, idle, c)
-
-    carry, (rates_TxA, raster_TxS, on_T) = jax.lax.scan(body, carry, jnp.arange(config.max_phase_ticks))
-    phase_rate_A = jnp.sum(rates_TxA, axis=0) / jnp.maximum(jnp.sum(on_T), 1.0)
-    return carry, (phase_rate_A, raster_TxS, on_T)
-
   z = lambda *s: jnp.zeros(s, jnp.float32)
   h = lambda *s: jnp.zeros(s, jnp.bfloat16)
   if collect:
     acc0 = _Acc(z(bsz, n), h(bsz, n), h(bsz, n), z(n), z())
   else:
     acc0 = _Acc(z(bsz, n), h(0, 0), h(0, 0), z(0), z())
-  xs = (table.ticks_P, input_gain_PxN, table.gain_PxRxK, table.learn_PxN, table.read_P,
-        table.bg_gate_P)
-  (ns, acc, bg_gate_B), (rates_PxA, raster_PxTxS, on_PxT) = jax.lax.scan(
-      phase, (state.neurons, acc0, state.bg_gate_B), xs)
+  phase_T = phase_of_tick(config)
+  (ns, acc, bg_gate_B), (rates_TxA, raster_TxS) = jax.lax.scan(
+      tick, (state.neurons, acc0, state.bg_gate_B), jnp.asarray(phase_T, jnp.int32))
+  # Mean rate of each phase: a static [P, T] averaging matrix over the ticks.
+  phase_avg_PxT = (np.arange(len(config.phases))[:, None] == phase_T[None, :]).astype(np.float32)
+  phase_avg_PxT /= phase_avg_PxT.sum(axis=1, keepdims=True)
+  rates_PxA = jnp.asarray(phase_avg_PxT) @ rates_TxA
 
   features_BxNr = acc.read_BxN[:, broca] / jnp.maximum(acc.read_ticks, 1.0)
   logits_BxV = readout.logits(params.embed, params.w_out, params.b_out, features_BxNr)
@@ -255,10 +242,8 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     spikes_BxN = acc.spikes_BxN.astype(jnp.float32)
   else:
     pre_BxN = post_BxN = spikes_BxN = jnp.zeros((0, 0), jnp.float32)
-  raster_TxS = None
-  if raster_stride:
-    keep = np.asarray([tk < ph.ticks for ph in config.phases for tk in range(config.max_phase_ticks)])
-    raster_TxS = raster_PxTxS.reshape(-1, raster_PxTxS.shape[-1])[np.flatnonzero(keep)]
+  if not raster_stride:
+    raster_TxS = None
   new_state = state._replace(neurons=ns, thal_gate_B=thal_gate_B, bg_gate_B=bg_gate_B,
                              tokens=state.tokens + 1)
   aux = StepAux(features_BxNr=features_BxNr, rates_PxA=rates_PxA, pre_BxN=pre_BxN,
