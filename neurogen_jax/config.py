@@ -98,10 +98,12 @@ def seed_phases(ticks: tuple[int, ...] = (2, 4, 6, 4, 4), n_pathways: int = 15) 
   """The seed's timing (Sensation 0-50 ms, Perception 50-150, Integration 150-300,
   Selection 300-400, Action 400+) as tick counts in the same 1:2:3:2:2 proportion.
 
-  The token drive enters the thalamus in Sensation, then Wernicke and (more weakly) the
-  hippocampus, PFC and basal ganglia in Perception and Integration: the feasibility probes
-  found that input reaching only the thalamus leaves the readout worse than a unigram
-  model. Broca gets no direct input: it hears the token through PFC and the basal ganglia.
+  The token drive enters the thalamus in Sensation, then Wernicke and Broca and (more
+  weakly) the hippocampus, PFC and basal ganglia in Perception and Integration: the
+  feasibility probes found that input reaching only the thalamus leaves the readout worse
+  than a unigram model, and `experiments.probe_features` found that a Broca that hears
+  the token only through PFC and the basal ganglia keeps too little of it to be read
+  (current token decoded at 4.5 nats vs 0.4 with direct drive; docs/LEARNING.md).
   Every area learns in every phase; Broca is read in Selection and Action; the basal
   ganglia gate Broca in Selection and Action.
   """
@@ -109,8 +111,8 @@ def seed_phases(ticks: tuple[int, ...] = (2, 4, 6, 4, 4), n_pathways: int = 15) 
   learn = (True,) * len(AREA_NAMES)
   #           thal  wern  broca hipp  pfc   bg
   sens_in = (1.0, 0.5, 0.0, 0.25, 0.25, 0.25)
-  perc_in = (0.5, 1.0, 0.0, 0.5, 0.5, 0.5)
-  intg_in = (0.0, 0.25, 0.0, 0.25, 0.25, 0.25)
+  perc_in = (0.5, 1.0, 1.0, 0.5, 0.5, 0.5)
+  intg_in = (0.0, 0.25, 0.25, 0.25, 0.25, 0.25)
   none_in = (0.0,) * len(AREA_NAMES)
   return (
       PhaseSpec("sensation", ticks[0], sens_in, ones, learn),
