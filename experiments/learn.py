@@ -5,6 +5,8 @@
   python -m experiments.learn ... --ablate=stdp,dopamine        # mechanisms off
   python -m experiments.learn ... --mode=bptt --scale=0.05      # the BPTT control
   python -m experiments.learn ... --set_plasticity=eprop_lr=0.1 --set_brain=input_scale=2.0
+  python -m experiments.learn ... --passes=4                    # several passes (4 x 1.36M tokens)
+  python -m experiments.learn ... --train_files='big/*.txt'     # a larger local training corpus
 
 Steps (each prints its timing, with flush):
 1. The split of DESIGN.md from `--corpus_dir` (the 42 `*_gut.txt` texts; the 4 of
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import glob
 import hashlib
 import json
 import math
@@ -72,7 +75,10 @@ _ABLATE = flags.DEFINE_list("ablate", [], f"Mechanisms to switch off, of {MECHAN
 _BATCH = flags.DEFINE_integer("batch", 64, "B: parallel training streams.")
 _CHUNK = flags.DEFINE_integer("chunk_len", 32, "L: tokens per stream per chunk (one optimizer step).")
 _LR = flags.DEFINE_float("lr", 3e-3, "optax learning rate (readout, embeddings; all in bptt).")
-_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 0, "Stop after this many training tokens (0 = one pass).")
+_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 0, "Stop after this many training tokens (0 = all passes).")
+_PASSES = flags.DEFINE_integer("passes", 1, "Passes over the training stream (the stream repeated).")
+_TRAIN_FILES = flags.DEFINE_list("train_files", [], "Train on these local UTF-8 text files (globs allowed) "
+                                 "instead of the 38 training plays; held-out stays the 4 plays.")
 _BUDGET = flags.DEFINE_float("time_budget_s", 420.0, "Wall seconds for training + evaluation.")
 _EVAL_TOKENS = flags.DEFINE_integer("eval_tokens", 0, "Score only the first N held-out tokens (0 = all).")
 _EVAL_BATCH = flags.DEFINE_integer("eval_batch", 256, "Parallel streams for the held-out evaluation.")
@@ -199,6 +205,36 @@ def prepare_data(train_files: list[Path], heldout_files: list[Path], cache: Path
   return data, key
 
 
+def replace_training_text(data: Data, key: str, patterns: list[str], cache: Path) -> tuple[Data, str]:
+  """Training ids/text from local files (the plays' tokenizer; held-out unchanged).
+
+  Files are read as UTF-8 with replacement (the count of replaced characters is printed),
+  empty files are skipped; the encoded ids are cached under a key of the files' digest.
+  """
+  files = sorted({Path(f) for p in patterns for f in (glob.glob(p) or [p])})
+  missing = [str(f) for f in files if not f.is_file()]
+  if missing:
+    raise app.UsageError(f"--train_files: no such file(s) {missing[:5]}")
+  docs, replaced = [], 0
+  for f in files:
+    text = f.read_bytes().decode("utf-8", errors="replace")
+    replaced += text.count("\ufffd")
+    if text.strip():
+      docs.append(text)
+  if not docs:
+    raise app.UsageError(f"--train_files: all {len(files)} file(s) are empty")
+  sub_key = f"{key}-train{corpus_digest(files)}"
+  ids_file = cache / key / f"train_ids_{corpus_digest(files)}.npy"
+  if ids_file.is_file():
+    train_ids = np.load(ids_file)
+  else:
+    train_ids, _ = evaluate.encode_documents(data.tokenizer, docs)
+    np.save(ids_file, train_ids)
+  log(f"[data] --train_files: {len(docs)} of {len(files)} files, {len(train_ids):,} tokens, "
+      f"{replaced} bytes replaced (not UTF-8)")
+  return data._replace(train_ids=train_ids, train_text="".join(docs)), sub_key
+
+
 def baseline_rows(data: Data, test_ids: np.ndarray, test_text: str, cache_file: Path) -> list[EvalResult]:
   if cache_file.is_file():
     rows = [EvalResult(**r) for r in json.loads(cache_file.read_text())]
@@ -216,9 +252,13 @@ def baseline_rows(data: Data, test_ids: np.ndarray, test_text: str, cache_file: 
 # --------------------------------------------------------------------------- training
 
 
-def training_streams(train_ids: np.ndarray, batch: int, chunk_len: int, max_tokens: int
-                     ) -> np.ndarray:
-  """[B, n_chunks * L + 1] ids: B contiguous pieces of the training stream."""
+def training_streams(train_ids: np.ndarray, batch: int, chunk_len: int, max_tokens: int,
+                     passes: int = 1) -> np.ndarray:
+  """[B, n_chunks * L + 1] ids: B contiguous pieces of the training stream (repeated `passes`
+  times, so every token is seen `passes` times, at different points of the run)."""
+  if passes < 1:
+    raise app.UsageError(f"--passes must be >= 1, got {passes}")
+  train_ids = np.tile(train_ids, passes) if passes > 1 else train_ids
   usable = len(train_ids) if max_tokens <= 0 else min(len(train_ids), max_tokens + batch)
   per_stream = usable // batch
   n_chunks = (per_stream - 1) // chunk_len
@@ -260,6 +300,8 @@ def main(argv):
 
   train_files, heldout_files = read_split(corpus_dir)
   data, key = prepare_data(train_files, heldout_files, cache)
+  if _TRAIN_FILES.value:
+    data, key = replace_training_text(data, key, _TRAIN_FILES.value, cache)
   vocab = data.tokenizer.vocab_size
   test_ids, test_text = evaluate.truncate_tokens(data.tokenizer, data.heldout_ids, data.heldout_text,
                                                  _EVAL_TOKENS.value)
@@ -268,7 +310,9 @@ def main(argv):
   log(f"[data] train {len(data.train_ids):,} tokens / {train_bytes:,} bytes "
       f"({len(train_files)} texts); held-out scored {len(test_ids):,} of {len(data.heldout_ids):,} "
       f"tokens / {test_bytes:,} bytes ({len(heldout_files)} texts)")
-  base = baseline_rows(data, test_ids, test_text, cache / key / f"baselines_{len(test_ids)}.json")
+  base_dir = cache / key.split("-train")[0]
+  suffix = "" if "-train" not in key else "_" + key.split("-train")[1]
+  base = baseline_rows(data, test_ids, test_text, base_dir / f"baselines_{len(test_ids)}{suffix}.json")
   log(format_table(base))
   t_setup = time.perf_counter() - t_start
 
@@ -284,7 +328,7 @@ def main(argv):
   ts = learning.init_train_state(config, pcfg, optimizer, jax.random.PRNGKey(_SEED.value), bsz, mode)
   ts = ts._replace(params=ts.params._replace(b_out=jnp.asarray(readout.unigram_bias(data.train_ids, vocab))))
 
-  streams = training_streams(data.train_ids, bsz, clen, _MAX_TOKENS.value)
+  streams = training_streams(data.train_ids, bsz, clen, _MAX_TOKENS.value, _PASSES.value)
   n_chunks = (streams.shape[1] - 1) // clen
   layout = evaluate.stream_layout(len(test_ids) - 1, _EVAL_BATCH.value, _EVAL_CHUNK.value)
   eval_calls = layout.position_BxT.shape[1] // _EVAL_CHUNK.value
