@@ -1,0 +1,144 @@
+"""Rollback: non-finite chunks are counted and logged; K in a row restore the last checkpoint
+with a lowered learning rate; without a checkpoint the run stops with a clear error.
+
+Non-finite chunks are forced in-process: `learning.train_chunk` is wrapped so that, while
+the optimizer's learning rate is above a threshold and the step is in a window, it returns
+what the real finiteness guard returns (the input state with `step + 1`, `finite=False`,
+NaN loss). Everything else (Trainer, checkpoints, data iterator) is the real code.
+"""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from experiments.configs import tiny
+from neurogen_jax import checkpoint, learning
+from neurogen_jax import train as train_lib
+
+TEXTS = ["Alpha beta gamma delta. " * 20, "Second document; with more words. " * 10] * 8
+
+
+def _lr(ts):
+  return float(optax.tree_utils.tree_get(ts.opt_state, "learning_rate"))
+
+
+class FlakyChunk:
+  """`learning.train_chunk` that fails (like the guard) for input steps in `bad_steps`
+  while the learning rate is above `lr_above`; records every call."""
+
+  def __init__(self, bad_steps, lr_above):
+    self.real = learning.train_chunk
+    self.bad_steps, self.lr_above = set(bad_steps), lr_above
+    self.calls = []  # (input step, learning rate, inputs_BxL, w_out) per call
+
+  def __call__(self, ts, inputs_BxL, targets_BxL, **kwargs):
+    step, lr = int(ts.step), _lr(ts)
+    self.calls.append((step, lr, np.asarray(inputs_BxL), np.asarray(ts.params.w_out)))
+    new_ts, metrics = self.real(ts, inputs_BxL, targets_BxL, **kwargs)
+    if step in self.bad_steps and lr > self.lr_above:
+      return ts._replace(step=ts.step + 1), metrics._replace(finite=jnp.bool_(False),
+                                                             loss=jnp.float32(jnp.nan))
+    return new_ts, metrics
+
+
+def make_config(run_dir, max_chunks, **train):
+  config = tiny.get_config()
+  config.run_dir = str(run_dir)
+  config.train.max_chunks = max_chunks
+  config.train.log_interval = 1
+  config.train.checkpoint_interval = 2
+  config.train.keep_checkpoints = 0
+  for key, value in train.items():
+    config.train[key] = value
+  return config
+
+
+def records(run_dir):
+  return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_three_nonfinite_chunks_roll_back_and_halve_the_lr(tmp_path, monkeypatch, capsys):
+  # Chunks 4, 5, 6 (input steps 3, 4, 5) fail at lr 1e-2; after the rollback to step 2
+  # the rate is 5e-3 and they pass.
+  flaky = FlakyChunk(bad_steps={3, 4, 5}, lr_above=6e-3)
+  monkeypatch.setattr(learning, "train_chunk", flaky)
+  result = train_lib.Trainer(make_config(tmp_path, 8), dataset=TEXTS).train()
+  err = capsys.readouterr().err
+
+  assert (result.step, result.stopped) == (8, "max_chunks")
+  steps = [c[0] for c in flaky.calls]
+  assert steps == [0, 1, 2, 3, 4, 5, 2, 3, 4, 5, 6, 7]  # back to the checkpoint's step 2
+  lrs = [c[1] for c in flaky.calls]
+  assert lrs[:6] == [pytest.approx(1e-2)] * 6 and lrs[6:] == [pytest.approx(5e-3)] * 6
+  # The restored state and data position are the checkpoint's: call 6 repeats call 2.
+  np.testing.assert_array_equal(flaky.calls[6][2], flaky.calls[2][2])
+  np.testing.assert_array_equal(flaky.calls[6][3], flaky.calls[2][3])
+  assert not np.array_equal(flaky.calls[7][3], flaky.calls[3][3])  # then a new lr's update
+
+  for k, step in enumerate((4, 5, 6), start=1):
+    assert f"step {step}: non-finite values (loss nan); update skipped ({k} of 3 in a row" in err
+  assert (f"Rolled back to {tmp_path / 'checkpoints' / 'checkpoint_step_2'} (step 2) after 3 "
+          "chunks in a row (steps 4..6)") in err
+  assert "learning rate 0.01 -> 0.005 (rollback 1)" in err
+
+  events = [r for r in records(tmp_path) if "event" in r]
+  assert [(r["event"], r["step"]) for r in events] == [
+      ("nonfinite_skip", 4), ("nonfinite_skip", 5), ("nonfinite_skip", 6), ("rollback", 2)]
+  assert [r["in_a_row"] for r in events[:3]] == [1, 2, 3] and events[0]["loss"] is None
+  assert events[3]["from_step"] == 6 and events[3]["learning_rate"] == pytest.approx(5e-3)
+  # Statistics records: one per step, those of the abandoned steps 3..6 replaced.
+  stats = [r for r in records(tmp_path) if "event" not in r]
+  assert [r["step"] for r in stats] == list(range(1, 9))
+  assert [r["learning_rate"] for r in stats] == [pytest.approx(1e-2)] * 2 + [
+      pytest.approx(5e-3)] * 6
+  # (Step 4 was not saved inside the streak, or the rollback would have gone there.)
+  assert [c.step for c in checkpoint.list_checkpoints(tmp_path / "checkpoints")] == [2, 4, 6, 8]
+  meta = checkpoint.read_metadata(tmp_path / "checkpoints" / "checkpoint_step_8")
+  assert meta["rollbacks"] == 1 and meta["learning_rate"] == pytest.approx(5e-3)
+
+  # The lowered rate survives a resume (the config's rate is unchanged).
+  flaky.calls.clear()
+  resumed = train_lib.Trainer(make_config(tmp_path, 10), dataset=TEXTS)
+  assert resumed.learning_rate == pytest.approx(5e-3) and resumed.rollbacks == 1
+  assert resumed.train().step == 10
+  assert [c[1] for c in flaky.calls] == [pytest.approx(5e-3)] * 2
+
+
+def test_nonfinite_without_a_checkpoint_stops_clearly(tmp_path, monkeypatch):
+  monkeypatch.setattr(learning, "train_chunk", FlakyChunk(bad_steps=range(100), lr_above=0))
+  trainer = train_lib.Trainer(make_config(tmp_path, 8, checkpoint_interval=5,
+                                          max_nonfinite_chunks=2), dataset=TEXTS)
+  with pytest.raises(train_lib.TrainingDivergedError) as e:
+    trainer.train()
+  message = str(e.value)
+  assert "2 chunks in a row (steps 1..2) produced non-finite values" in message
+  assert f"{tmp_path / 'checkpoints'} holds no checkpoint to roll back to" in message
+  assert "Lower train.learning_rate (now 0.01)" in message
+  assert checkpoint.list_checkpoints(tmp_path / "checkpoints") == []
+
+
+def test_repeated_rollbacks_without_progress_stop(tmp_path, monkeypatch):
+  # Steps 2+ always fail: rollback 1 (lr 5e-3), rollback 2 (2.5e-3), then the limit.
+  flaky = FlakyChunk(bad_steps=range(2, 100), lr_above=0)
+  monkeypatch.setattr(learning, "train_chunk", flaky)
+  trainer = train_lib.Trainer(make_config(tmp_path, 8, max_nonfinite_chunks=1, max_rollbacks=2),
+                              dataset=TEXTS)
+  with pytest.raises(train_lib.TrainingDivergedError, match=r"after 2 rollbacks to .*"
+                     r"checkpoint_step_2 without reaching a new checkpoint \(train.max_rollbacks=2\)"):
+    trainer.train()
+  assert [c[1] for c in flaky.calls] == [pytest.approx(v) for v in (1e-2, 1e-2, 1e-2, 5e-3,
+                                                                    2.5e-3)]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("max_nonfinite_chunks", 0, r"train.max_nonfinite_chunks must be >= 1 .* got 0"),
+    ("rollback_lr_factor", 0.0, r"train.rollback_lr_factor must be in \(0, 1\] .* got 0.0"),
+    ("rollback_lr_factor", 1.5, r"train.rollback_lr_factor must be in \(0, 1\] .* got 1.5"),
+    ("max_rollbacks", -1, r"train.max_rollbacks must be >= 0, got -1"),
+])
+def test_rollback_settings_are_checked(tmp_path, field, value, message):
+  with pytest.raises(train_lib.ConfigError, match=message):
+    train_lib.Trainer(make_config(tmp_path, 1, **{field: value}), dataset=TEXTS)
