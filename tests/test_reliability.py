@@ -1,4 +1,7 @@
-"""Rollback: non-finite chunks are counted and logged; K in a row restore the last checkpoint
+"""Reliability of training runs: rollback after non-finite chunks, failed checkpoint writes,
+crashes (SIGKILL) at random points.
+
+Rollback: non-finite chunks are counted and logged; K in a row restore the last checkpoint
 with a lowered learning rate; without a checkpoint the run stops with a clear error.
 
 Non-finite chunks are forced in-process: `learning.train_chunk` is wrapped so that, while
@@ -7,11 +10,13 @@ what the real finiteness guard returns (the input state with `step + 1`, `finite
 NaN loss). Everything else (Trainer, checkpoints, data iterator) is the real code.
 """
 
+import errno
 import json
 
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
 from experiments.configs import tiny
@@ -142,3 +147,28 @@ def test_repeated_rollbacks_without_progress_stop(tmp_path, monkeypatch):
 def test_rollback_settings_are_checked(tmp_path, field, value, message):
   with pytest.raises(train_lib.ConfigError, match=message):
     train_lib.Trainer(make_config(tmp_path, 1, **{field: value}), dataset=TEXTS)
+
+
+def test_disk_full_during_training_stops_clearly_and_the_run_resumes(tmp_path, monkeypatch):
+  real_save, saves = ocp.Checkpointer.save, []
+
+  def save_then_fill_disk(self, *args, **kwargs):
+    saves.append(1)
+    if len(saves) > 1:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real_save(self, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.Checkpointer, "save", save_then_fill_disk)
+  trainer = train_lib.Trainer(make_config(tmp_path, 6), dataset=TEXTS)
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    trainer.train()
+  monkeypatch.undo()
+  root = tmp_path / "checkpoints"
+  assert f"{root}: cannot write checkpoint step 4 (OSError: [Errno {errno.ENOSPC}]" in str(e.value)
+  assert f"The previous checkpoint {root / 'checkpoint_step_2'} is intact." in str(e.value)
+  assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []  # nothing half-written
+  # Space freed: the same run resumes from step 2 and finishes.
+  resumed = train_lib.Trainer(make_config(tmp_path, 6), dataset=TEXTS)
+  assert resumed.step == 2
+  assert resumed.train().step == 6
+  assert [c.step for c in checkpoint.list_checkpoints(root)] == [2, 4, 6]
