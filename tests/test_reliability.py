@@ -12,7 +12,16 @@ NaN loss). Everything else (Trainer, checkpoints, data iterator) is the real cod
 
 import errno
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -22,6 +31,8 @@ import pytest
 from experiments.configs import tiny
 from neurogen_jax import checkpoint, learning
 from neurogen_jax import train as train_lib
+from neurogen_jax.config import BrainConfig
+from neurogen_jax.plasticity import PlasticityConfig
 
 TEXTS = ["Alpha beta gamma delta. " * 20, "Second document; with more words. " * 10] * 8
 
@@ -172,3 +183,148 @@ def test_disk_full_during_training_stops_clearly_and_the_run_resumes(tmp_path, m
   assert resumed.step == 2
   assert resumed.train().step == 6
   assert [c.step for c in checkpoint.list_checkpoints(root)] == [2, 4, 6]
+
+
+# --------------------------------------------------------------------------- crash test
+
+REPO = Path(__file__).resolve().parents[1]
+CRASH_CHUNKS, CRASH_CKPT_EVERY = 20, 2
+CRASH_DOCS = ["The cat sat on the mat. " * 6, "A dog ran in the fog; " * 5,
+              "Rain falls on the plain, " * 7, "Birds sing in spring. " * 4,
+              "Fish swim and dim. " * 9, "Stars shine at nine. " * 3]
+
+
+class TrainProcess:
+  """`python -m experiments.train` in the background; stderr lines collected by a thread."""
+
+  def __init__(self, run_dir, data_dir, env):
+    args = ["--config=tiny", f"--config.data.files={data_dir}", f"--run_dir={run_dir}",
+            f"--config.train.max_chunks={CRASH_CHUNKS}", "--config.train.log_interval=1",
+            f"--config.train.checkpoint_interval={CRASH_CKPT_EVERY}",
+            "--config.train.keep_checkpoints=3"]
+    self.proc = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
+                                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
+    self.lines = []
+    self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr),
+                                    daemon=True)
+    self._reader.start()
+
+  def wait_for(self, predicate, timeout=120):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+      if predicate():
+        return
+      if self.proc.poll() is not None:
+        raise AssertionError(f"exited {self.proc.returncode} early:\n{self.stderr}")
+      time.sleep(0.01)
+    self.kill()
+    raise AssertionError(f"timed out:\n{self.stderr}")
+
+  def kill(self):
+    self.proc.send_signal(signal.SIGKILL)
+    self.finish()
+
+  def finish(self, timeout=300):
+    self.proc.wait(timeout)
+    self._reader.join(10)
+    return self.proc.returncode
+
+  @property
+  def stderr(self):
+    return "".join(self.lines)
+
+  def logged_steps(self):
+    return [int(line.split()[1]) for line in self.lines if line.startswith("step ")
+            and line.split()[2] == "|"]
+
+
+def _half_written_save(root):
+  """A hidden save directory that holds all its files but was not renamed yet."""
+  return [p for p in root.glob(".tmp-checkpoint_step_*") if (p / "metadata.json").is_file()] \
+      if root.is_dir() else []
+
+
+def _restore_cli_checkpoint(path):
+  meta = checkpoint.read_metadata(path)
+  brain_config = checkpoint.config_from_dict(BrainConfig, meta["brain_config"])
+  pcfg = checkpoint.config_from_dict(PlasticityConfig, meta["signature"]["plasticity_config"])
+  optimizer = learning.make_optimizer(meta["config"]["train"]["learning_rate"])
+  abstract = checkpoint.abstract_train_state(brain_config, pcfg, optimizer, meta["batch_size"],
+                                             meta["mode"])
+  return checkpoint.restore(path, abstract)
+
+
+def _deterministic(records):
+  drop = ("elapsed_s", "tokens_per_s", "loss_avg")
+  return [{k: v for k, v in r.items() if k not in drop} for r in records]
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_loses_at_most_a_checkpoint_interval_and_resumes_exactly(
+    tmp_path):
+  data_dir = tmp_path / "texts"
+  data_dir.mkdir()
+  for i, text in enumerate(CRASH_DOCS):
+    (data_dir / f"{i}.txt").write_text(text)
+  env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla"),
+             NEUROGEN_CACHE=str(tmp_path / "cache"))
+  straight_dir, crashed_dir = tmp_path / "straight", tmp_path / "crashed"
+  straight = TrainProcess(straight_dir, data_dir, env)
+  assert straight.finish() == 0, straight.stderr
+  root = crashed_dir / "checkpoints"
+
+  rng = random.Random(0)
+  plan = ["after_step", "in_save", "at_time", "after_step", "in_save"]
+  killed_in_save = 0
+  for how in plan:
+    resume_from = checkpoint.latest_checkpoint(root)
+    run_env = dict(env, **({checkpoint.TEST_SAVE_DELAY_ENV: "2"} if how == "in_save" else {}))
+    run = TrainProcess(crashed_dir, data_dir, run_env)
+    start_step = resume_from.step if resume_from else 0
+    if how == "after_step":
+      target = start_step + rng.randint(1, 4)
+      run.wait_for(lambda: target in run.logged_steps())
+      time.sleep(rng.uniform(0, 0.3))
+    elif how == "in_save":
+      run.wait_for(lambda: _half_written_save(root))
+    else:
+      time.sleep(rng.uniform(0.5, 6.0))  # start-up, restore or the first chunks
+    run.kill()
+    # A partial checkpoint is never read: this run resumed from the newest complete one...
+    if resume_from is not None:
+      assert f"Resumed from {resume_from.path} (step {resume_from.step}," in run.stderr
+    # ...and every directory that looks complete is (its files match the manifest).
+    complete = checkpoint.list_checkpoints(root)
+    for info in complete:
+      checkpoint.verify(info.path)
+    latest = complete[-1].step if complete else 0
+    if how == "in_save":
+      hidden = _half_written_save(root)
+      assert hidden and all(int(p.name.split("_")[2].split("-")[0]) > latest for p in hidden)
+      killed_in_save += 1
+    # At most the chunks since the last complete checkpoint are lost.
+    logged = run.logged_steps()
+    if logged:
+      assert max(logged) - latest <= CRASH_CKPT_EVERY, (how, logged, latest)
+
+  final = TrainProcess(crashed_dir, data_dir, env)
+  assert final.finish() == 0, final.stderr
+  assert killed_in_save == 2
+  assert not list(root.glob(".tmp-*"))  # the next save removed the leftovers
+
+  ours, rng_ours = _restore_cli_checkpoint(root / f"checkpoint_step_{CRASH_CHUNKS}")
+  theirs, rng_theirs = _restore_cli_checkpoint(
+      straight_dir / "checkpoints" / f"checkpoint_step_{CRASH_CHUNKS}")
+  leaves = jax.tree_util.tree_flatten_with_path(theirs)[0]
+  differing = [jax.tree_util.keystr(path) for (path, a), b in zip(leaves, jax.tree.leaves(ours))
+               if not np.array_equal(np.asarray(a), np.asarray(b))]
+  assert not differing, f"the crashed run differs from the straight run in {differing}"
+  np.testing.assert_array_equal(rng_ours, rng_theirs)
+  assert (checkpoint.read_data_state(root / f"checkpoint_step_{CRASH_CHUNKS}")
+          == checkpoint.read_data_state(straight_dir / "checkpoints"
+                                        / f"checkpoint_step_{CRASH_CHUNKS}"))
+  ours_metrics = _deterministic(records(crashed_dir))
+  assert [r["step"] for r in ours_metrics] == list(range(1, CRASH_CHUNKS + 1))
+  assert ours_metrics == _deterministic(records(straight_dir))
