@@ -612,6 +612,9 @@ class Trainer:
     bs = jax.device_get(self.train_state.brain_state)
     stats["gate/thalamus"] = float(np.mean(bs.thal_gate_B))
     stats["gate/basal_ganglia"] = float(np.mean(bs.bg_gate_B))
+    read_stats = getattr(self._batches, "stats", None)
+    if read_stats is not None:  # documents read so far (the reader runs a little ahead)
+      stats.update({f"data/{k}": float(v) for k, v in dataclasses.asdict(read_stats).items()})
     record = {"step": self.step, "elapsed_s": round(self._elapsed_s, 3), **stats}
     metrics_file.write(json.dumps(record) + "\n")
     metrics_file.flush()
@@ -622,7 +625,7 @@ class Trainer:
     _say(f"step {self.step} | {self.tokens:,} tok | loss {stats['loss']:.4f} "
          f"(avg {avg_loss:.4f}) | {stats['bits_per_byte']:.3f} bits/byte | "
          f"acc {stats['accuracy']:.3f} | {stats['tokens_per_s']:,.0f} tok/s | rates {rates} | "
-         f"dopamine {stats['plasticity/dopamine']:+.4f}")
+         f"dopamine {stats['plasticity/dopamine']:+.4f}" + _data_note(stats))
     if self.log_callback is not None:
       self.log_callback(self.step, stats["loss"], stats)
 
@@ -655,7 +658,8 @@ class _Interval:
 
   def statistics(self, area_names: tuple[str, ...]) -> dict[str, float]:
     """Flat dict: loss (nats/token), bits_per_byte, accuracy, tokens_per_s, rate/<area>
-    (spikes per neuron per tick), plasticity/<stat> (see plasticity.STAT_KEYS)."""
+    (spikes per neuron per tick), plasticity/<stat> (see plasticity.STAT_KEYS). `Trainer._log`
+    adds loss_avg, tokens, learning_rate, gate/<area> and data/<ReadStats field>."""
     n = max(self.chunks, 1)
     stats = {
         "loss": self.nats / max(self.tokens, 1),
@@ -667,6 +671,15 @@ class _Interval:
     stats.update({f"rate/{a}": float(r) / n for a, r in zip(area_names, rates_A)})
     stats.update({f"plasticity/{k}": self.plastic.get(k, 0.0) / n for k in STAT_KEYS})
     return stats
+
+
+def _data_note(stats: dict[str, float]) -> str:
+  """' | data: ...' when documents were skipped or repaired so far, else ''."""
+  empty, replaced = stats.get("data/empty_skipped", 0), stats.get("data/replacement_chars", 0)
+  if not (empty or replaced):
+    return ""
+  return (f" | data: {int(stats['data/documents']):,} documents, {int(empty):,} empty skipped, "
+          f"{int(replaced):,} invalid UTF-8 sequences replaced by U+FFFD")
 
 
 def _with_learning_rate(ts: learning.TrainState, learning_rate: float) -> learning.TrainState:
