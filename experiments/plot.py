@@ -44,7 +44,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no metrics yet; train first (they are written every "
                             "train.log_interval chunks).")
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [r for r in records if "event" not in r]  # skip/rollback events carry no statistics
 
 
 def plot_loss(records: list[dict], out: Path) -> Path:

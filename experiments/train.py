@@ -81,7 +81,8 @@ def main(argv: list[str]) -> None:
   try:
     trainer = train_lib.Trainer(config)
     result = trainer.train()
-  except (train_lib.ConfigError, DataSourceError, CheckpointError) as e:
+  except (train_lib.ConfigError, train_lib.TrainingDivergedError, DataSourceError,
+          CheckpointError) as e:
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:  # before the loop, or a second Ctrl-C inside it
     sys.exit("Interrupted; nothing more was saved.")

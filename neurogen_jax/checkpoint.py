@@ -18,6 +18,10 @@ orbax has finalised its part and the manifest is written, the directory is renam
 JSON beside it is written through a temporary file and `os.replace`. A crash therefore
 leaves either a complete checkpoint or a hidden leftover that listing ignores (and the
 next save removes). Old checkpoints are hidden by a rename before they are deleted.
+A write that fails (disk full, directory not writable) removes its hidden directory and
+raises CheckpointError naming the directory, the cause and what to do; the checkpoints
+already there are untouched. (Test-only: `NEUROGEN_TEST_SAVE_DELAY_S` makes `save` sleep
+between writing the hidden directory and renaming it, so tests can kill it there.)
 
 Exactness: arrays are stored with their dtype (bf16 tiles stay bf16), so a restore
 gives back the very bits that were saved. Orbax cannot store zero-size arrays (the
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import functools
 import hashlib
 import json
@@ -170,12 +175,15 @@ def save(checkpoint_dir: str | os.PathLike, train_state: TrainState, *, rng: jax
     The new checkpoint. A checkpoint of the same step is replaced.
   """
   root = Path(checkpoint_dir)
-  root.mkdir(parents=True, exist_ok=True)
-  _remove_leftovers(root)
   step = int(jax.device_get(train_state.step))
   final = checkpoint_path(root, step)
   tmp = root / f"{_TMP_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-  tmp.mkdir()
+  try:
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(root)
+    tmp.mkdir()
+  except OSError as e:
+    raise CheckpointError(_write_failure(root, step, e)) from e
   try:
     items = {name: _flatten(getattr(train_state, name)) for name in TrainState._fields}
     items[RNG_ITEM] = _flatten(_raw_key(rng))
@@ -195,18 +203,69 @@ def save(checkpoint_dir: str | os.PathLike, train_state: TrainState, *, rng: jax
                 manifest=_manifest(tmp))
     text = json.dumps(meta, indent=1, default=_json_default)
     (tmp / METADATA_FILE).write_text(text)
+    _test_hook_delay()
     if final.exists():
       _discard(final)
     os.rename(tmp, final)
-  except BaseException:
+  except BaseException as e:
     shutil.rmtree(tmp, ignore_errors=True)
+    if _is_write_failure(e):
+      raise CheckpointError(_write_failure(root, step, e)) from e
     raise
-  _write_atomic(final.with_name(final.name + ".json"), text)
+  try:
+    _write_atomic(final.with_name(final.name + ".json"), text)
+  except OSError as e:
+    raise CheckpointError(f"{final}: written completely, but not the copy of its metadata "
+                          f"beside it. {_write_failure(root, step, e)}") from e
   if keep > 0:
     for old in list_checkpoints(root)[:-keep]:
       old.metadata_path.unlink(missing_ok=True)
       _discard(old.path)
   return CheckpointInfo(final, step)
+
+
+# Test-only: seconds to sleep after a save has written everything into its hidden
+# directory and before the rename that publishes it (tests kill the process there).
+TEST_SAVE_DELAY_ENV = "NEUROGEN_TEST_SAVE_DELAY_S"
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded")
+_NOT_WRITABLE_TEXT = ("Permission denied", "Read-only file system", "Operation not permitted")
+
+
+def _test_hook_delay() -> None:
+  delay = os.environ.get(TEST_SAVE_DELAY_ENV)
+  if delay:
+    time.sleep(float(delay))
+
+
+def _is_write_failure(error: BaseException) -> bool:
+  """An OSError, or another library's error (orbax/tensorstore wrap them) that reports one."""
+  if isinstance(error, OSError):
+    return True
+  text = str(error)
+  return isinstance(error, Exception) and any(
+      t in text for t in _NO_SPACE_TEXT + _NOT_WRITABLE_TEXT)
+
+
+def _write_failure(root: Path, step: int, error: BaseException) -> str:
+  """What went wrong writing checkpoint `step` into `root`, and what to do about it."""
+  code = getattr(error, "errno", None)
+  text = str(error)
+  if code in _NO_SPACE or any(t in text for t in _NO_SPACE_TEXT):
+    advice = (f"The disk holding {root} is full: free space there (e.g. lower "
+              "train.keep_checkpoints), or pass a --run_dir on another disk.")
+  elif code in _NOT_WRITABLE or any(t in text for t in _NOT_WRITABLE_TEXT):
+    advice = (f"{root} is not writable: make it writable (chmod u+w {root}) or pass a "
+              "--run_dir you can write to.")
+  else:
+    advice = f"Check that {root} is on a working, writable disk."
+  latest = latest_checkpoint(root) if root.is_dir() else None
+  kept = (f" The previous checkpoint {latest.path} is intact." if latest is not None
+          else " No earlier checkpoint exists in it.")
+  return (f"{root}: cannot write checkpoint step {step} ({type(error).__name__}: "
+          f"{text[:300]}). {advice}{kept}")
 
 
 def _checkpointer() -> ocp.Checkpointer:

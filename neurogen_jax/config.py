@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Literal
 
 AREA_NAMES = ("thalamus", "wernicke", "broca", "hippocampus", "pfc", "basal_ganglia")
@@ -172,10 +173,31 @@ class BrainConfig:
 
   def __post_init__(self):
     names = [a.name for a in self.areas]
+    if not names:
+      raise ValueError("areas is empty; a brain needs at least one area.")
     if len(set(names)) != len(names):
       raise ValueError(f"area names must be unique, got {names}")
+    for name in ("tile", "fan_in_tiles", "embedding_dim", "vocab_size"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    for name in ("scale", "dt_ms", "tau_mem_ms", "tau_syn_ms", "tau_adapt_ms", "tau_trace_ms"):
+      value = getattr(self, name)
+      if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+          or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     if self.tile <= 0 or self.tile % 8:
       raise ValueError(f"tile must be a positive multiple of 8, got {self.tile}")
+    if self.embedding_dim < 1 or self.vocab_size < 1:
+      raise ValueError(f"embedding_dim and vocab_size must be >= 1, got {self.embedding_dim}, "
+                       f"{self.vocab_size}")
+    for a in self.areas:
+      if isinstance(a.size, bool) or not isinstance(a.size, numbers.Integral) or a.size < 1:
+        raise ValueError(f"area {a.name!r}: size must be an integer >= 1 (neurons at scale 1; "
+                         f"rounded to whole tiles of {self.tile} after scaling), got {a.size!r}")
+      if not 0 <= a.excitatory_fraction <= 1:
+        raise ValueError(f"area {a.name!r}: excitatory_fraction must be in [0, 1], got "
+                         f"{a.excitatory_fraction!r}")
     for p in self.pathways:
       for end in (p.source, p.target):
         if end not in names:
@@ -199,10 +221,6 @@ class BrainConfig:
         raise ValueError(f"area {n!r} receives no pathway; add one (e.g. its recurrence)")
     if self.fan_in_tiles < 1:
       raise ValueError(f"fan_in_tiles must be >= 1, got {self.fan_in_tiles}")
-    for n, s in zip(names, self.area_sizes):
-      blocks = s // self.tile
-      if blocks < 1:
-        raise ValueError(f"area {n!r} has {s} neurons at scale {self.scale}: fewer than one tile of {self.tile}")
     if self.neuron_model not in ("alif", "izhikevich"):
       raise ValueError(f"neuron_model must be 'alif' or 'izhikevich', got {self.neuron_model!r}")
     if self.implementation not in ("xla", "pallas"):

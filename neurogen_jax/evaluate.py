@@ -79,6 +79,17 @@ def stream_layout(n_predictions: int, batch_size: int, chunk_len: int,
   return StreamLayout(position, scored)
 
 
+def _token_array(ids, name: str) -> np.ndarray:
+  """`ids` as int64; ValueError for text, floats or bools (no silent truncation)."""
+  if isinstance(ids, (str, bytes)):
+    raise ValueError(f"{name} must be token ids, got text; encode it with the tokenizer first.")
+  arr = np.asarray(ids)
+  if arr.size and not np.issubdtype(arr.dtype, np.integer):
+    raise ValueError(f"{name} must be integer token ids, got dtype {arr.dtype}; encode the text "
+                     "with the tokenizer first.")
+  return arr.astype(np.int64)
+
+
 def score_predictions(params: Params, config: BrainConfig, inputs: np.ndarray, targets: np.ndarray,
                       *, theta_N: jax.Array | np.ndarray | None = None, batch_size: int = 64,
                       chunk_len: int = 64, warmup: int = DEFAULT_WARMUP,
@@ -90,8 +101,8 @@ def score_predictions(params: Params, config: BrainConfig, inputs: np.ndarray, t
   passes permuted inputs with the same targets.
   Returns (nats [n] float64, top-1 hits [n] bool), each prediction scored once.
   """
-  inputs = np.asarray(inputs, np.int64)
-  targets = np.asarray(targets, np.int64)
+  inputs = _token_array(inputs, "inputs")
+  targets = _token_array(targets, "targets")
   if inputs.shape != targets.shape or inputs.ndim != 1:
     raise ValueError(f"inputs and targets must be 1-D of one length, got {inputs.shape}, {targets.shape}")
   for name, ids in (("inputs", inputs), ("targets", targets)):
@@ -168,7 +179,7 @@ def evaluate_tokens(params: Params, config: BrainConfig, token_ids: Sequence[int
   Returns:
     EvalResult with n_tokens = L and n_bytes = text_bytes_len.
   """
-  y = np.asarray(token_ids, np.int64)
+  y = _token_array(token_ids, "token_ids")
   if y.ndim != 1 or y.size < 2:
     raise ValueError(f"token_ids must be a 1-D sequence of >= 2 ids, got shape {y.shape}")
   nats, hits = score_predictions(params, config, y[:-1], y[1:], theta_N=theta_N,

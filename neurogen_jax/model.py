@@ -137,9 +137,18 @@ class NeuroGenModel:
   def generate(self, prompt_token_ids, max_length: int = 100, temperature: float = 1.0,
                top_k: int | None = None, seed: int = 0) -> list[int]:
     """Reads the prompt, then writes `max_length` tokens (temperature 0 = greedy)."""
+    if isinstance(prompt_token_ids, (str, bytes)):
+      raise ValueError("prompt_token_ids must be token ids, got text; encode it with the "
+                       "tokenizer first.")
+    prompt = np.asarray(prompt_token_ids)
+    if prompt.ndim == 2 and prompt.shape[0] == 1:  # a batch of one
+      prompt = prompt[0]
+    if prompt.ndim != 1:
+      raise ValueError(f"prompt_token_ids must be [L] or [1, L] token ids, got shape "
+                       f"{prompt.shape}; generate continues one prompt at a time.")
     state = generate.inference_state(self.config, self.state)
-    prompt = np.asarray(prompt_token_ids).ravel().tolist()  # any array-like of ids
-    return generate.generate(self.params, state, self.config, prompt, max_length=max_length,
+    return generate.generate(self.params, state, self.config, prompt.tolist(),
+                             max_length=max_length,
                              temperature=temperature, top_k=top_k or 0, seed=seed)
 
   # ---------------------------------------------------------------- checkpoints

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import operator
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -63,10 +64,10 @@ class Tokenizer:
     return self._sp.eos_id()
 
   def encode(self, text: str) -> list[int]:
-    return self._sp.encode(text)
+    return self._sp.encode(_check_text(text))
 
   def decode(self, ids: Iterable[int]) -> str:
-    return self._sp.decode([int(i) for i in ids])
+    return self._sp.decode(_check_ids(ids, self.vocab_size))
 
   def save(self, directory: str | Path) -> Path:
     """Writes the model as `directory/tokenizer.model` (the .model file's bytes); returns it."""
@@ -83,11 +84,12 @@ class ByteTokenizer:
   eos_id = 256
 
   def encode(self, text: str) -> list[int]:
-    return list(text.encode("utf-8"))
+    return list(_check_text(text).encode("utf-8"))
 
   def decode(self, ids: Iterable[int]) -> str:
     """Drops eos; a byte sequence cut inside a character decodes to U+FFFD."""
-    return bytes(i for i in (int(i) for i in ids) if i < 256).decode("utf-8", errors="replace")
+    ids = _check_ids(ids, self.vocab_size)
+    return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
   def save(self, directory: str | Path) -> Path:
     """Writes `directory/byte_tokenizer.json` (a marker `load_tokenizer` recognises)."""
@@ -101,6 +103,38 @@ class ByteTokenizer:
   def load(cls, path: str | Path) -> ByteTokenizer:
     del path  # nothing is stored but the marker
     return cls()
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_text(text: str) -> str:
+  """`text` if a tokenizer can encode it; TypeError/ValueError saying why not."""
+  if not isinstance(text, str):
+    hint = " (decode the bytes to str first)" if isinstance(text, (bytes, bytearray)) else ""
+    raise TypeError(f"encode wants a str, got {type(text).__name__}{hint}.")
+  match = _SURROGATE.search(text)
+  if match is not None:
+    raise ValueError(f"encode got a lone surrogate U+{ord(match.group()):04X} at position "
+                     f"{match.start()}, which UTF-8 cannot encode; replace it (e.g. "
+                     "text.encode('utf-8', 'replace').decode()).")
+  return text
+
+
+def _check_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
+  """`ids` as Python ints, each in [0, vocab_size); TypeError/ValueError naming a bad one."""
+  out = []
+  for i in ids:
+    try:
+      i = operator.index(i)
+    except TypeError:
+      raise TypeError(f"decode wants integer token ids, got {i!r} ({type(i).__name__})."
+                      ) from None
+    if not 0 <= i < vocab_size:
+      raise ValueError(f"decode got token id {i}, outside [0, {vocab_size}) of this tokenizer's "
+                       "vocabulary.")
+    out.append(i)
+  return out
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer | ByteTokenizer:

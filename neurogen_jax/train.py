@@ -9,7 +9,16 @@ The loop:
     `log_callback(step, loss, stats)`, appends to `RUN/metrics.jsonl` and writes
     TensorBoard events to `RUN/tensorboard/`;
   * saves `RUN/checkpoints/checkpoint_step_N` every `checkpoint_interval` chunks, at the
-    end, and on SIGINT/SIGTERM (then returns; a second signal aborts at once).
+    end, and on SIGINT/SIGTERM (then returns; a second signal aborts at once);
+  * counts chunks whose values went non-finite (`train_chunk` skipped their update): each
+    is logged (a line and a `{"event": "nonfinite_skip"}` record in metrics.jsonl), no
+    periodic checkpoint is written while such a streak lasts, and after
+    `max_nonfinite_chunks` in a row the run rolls back to its last complete checkpoint
+    (state, optimizer, RNG, data position) with the learning rate multiplied by
+    `rollback_lr_factor` (an `{"event": "rollback"}` record). The lowered rate is in the
+    optimizer state, so later checkpoints and resumes keep it. Without a checkpoint, or
+    after `max_rollbacks` rollbacks with no new checkpoint between them, it stops with
+    `TrainingDivergedError`.
 
 Starting: with checkpoints in the run directory, `resume='auto'` asks "Load checkpoint?
 (y/n)" when stdin is a terminal and loads otherwise; 'yes' loads (or fails), 'no' moves
@@ -67,6 +76,11 @@ _INIT_OPTIMIZER = learning.make_optimizer(1.0)
 
 class ConfigError(ValueError):
   """A config value cannot work; the message names the field and what to set instead."""
+
+
+class TrainingDivergedError(RuntimeError):
+  """Training kept producing non-finite values and cannot roll back; the message says what
+  happened and what to change."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,9 +144,16 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     if int(t[name]) < 1:
       raise ConfigError(f"train.{name} must be >= 1, got {t[name]} (chunk_len defaults to "
                         "tokens_per_chunk // batch_size).")
-  for name in ("max_chunks", "keep_checkpoints", "gpu_device"):
+  for name in ("max_chunks", "keep_checkpoints", "gpu_device", "max_rollbacks"):
     if int(t[name]) < 0:
       raise ConfigError(f"train.{name} must be >= 0, got {t[name]}.")
+  if int(t.max_nonfinite_chunks) < 1:
+    raise ConfigError(f"train.max_nonfinite_chunks must be >= 1 (non-finite chunks in a row "
+                      f"before rolling back), got {t.max_nonfinite_chunks}.")
+  factor = float(t.rollback_lr_factor)
+  if not 0 < factor <= 1:
+    raise ConfigError(f"train.rollback_lr_factor must be in (0, 1] (the learning rate is "
+                      f"multiplied by it on a rollback), got {t.rollback_lr_factor}.")
   if not config.run_dir:
     raise ConfigError("run_dir is empty; pass --run_dir=DIR.")
   if config.data.max_seq_length < 1:
@@ -191,6 +212,9 @@ class Trainer:
     self._documents = data.as_documents(dataset) if dataset is not None else _documents(config.data)
     self._elapsed_s = 0.0
     self.last_checkpoint: Path | None = None
+    self.rollbacks = 0  # rollbacks over the run's life (kept in checkpoints)
+    self._nonfinite_in_a_row = 0
+    self._rollbacks_since_save = 0
 
     resume_from = self._resume_choice()
     self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -303,6 +327,20 @@ class Trainer:
           f"{path / checkpoint.METADATA_FILE}: the checkpoint does not match this run's "
           f"config: {'; '.join(changed)}. Resume with the checkpoint's settings, start afresh "
           "with --resume=no (or another --run_dir), or fine-tune from it with --init_from.")
+    ts = self._restore(path, meta)
+    saved_lr = meta["config"]["train"]["learning_rate"]
+    if saved_lr != self.config.train.learning_rate:
+      ts = _with_learning_rate(ts, self.config.train.learning_rate)
+      _say(f"Learning rate changed on resume: {saved_lr} -> {self.config.train.learning_rate}.")
+    self.train_state = self._place(ts)
+    self._elapsed_s = float(meta.get("elapsed_s", 0.0))
+    self.rollbacks = int(meta.get("rollbacks", 0))
+    self._truncate_metrics(self.step)
+    _say(f"Resumed from {path} (step {self.step}, {self.tokens:,} tokens).")
+
+  def _restore(self, path: Path, meta: dict) -> learning.TrainState:
+    """Reads checkpoint `path`: sets the RNG, step, tokens, data iterator and
+    `last_checkpoint`; returns its train state (not yet placed on the device)."""
     if self.mesh is None:
       abstract = checkpoint.abstract_train_state(self.brain_config, self.plasticity_config,
                                                  self.optimizer, self.batch_size, self.mode)
@@ -310,15 +348,8 @@ class Trainer:
       abstract = sharding.abstract_train_state(self.brain_config, self.plasticity_config,
                                                self.optimizer, self.batch_size, self.mesh, self.mode)
     ts, self._rng = checkpoint.restore(path, abstract, device=self.device)
-    saved_lr = meta["config"]["train"]["learning_rate"]
-    if saved_lr != self.config.train.learning_rate:
-      ts = ts._replace(opt_state=optax.tree_utils.tree_set(
-          ts.opt_state, learning_rate=jnp.asarray(self.config.train.learning_rate, jnp.float32)))
-      _say(f"Learning rate changed on resume: {saved_lr} -> {self.config.train.learning_rate}.")
-    self.train_state = self._place(ts)
     self.step = int(meta["step"])
     self.tokens = int(meta["tokens"])
-    self._elapsed_s = float(meta.get("elapsed_s", 0.0))
     self._batches = iter(self._packed())
     data_state = checkpoint.read_data_state(path)
     if data_state is not None:
@@ -327,9 +358,74 @@ class Trainer:
       except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path / checkpoint.DATA_STATE_FILE}: does not fit this data "
                               f"pipeline ({e}).") from e
-    self._truncate_metrics(self.step)
     self.last_checkpoint = path
-    _say(f"Resumed from {path} (step {self.step}, {self.tokens:,} tokens).")
+    return ts
+
+  @property
+  def learning_rate(self) -> float:
+    """The learning rate in effect (the config's, unless rollbacks lowered it)."""
+    return float(optax.tree_utils.tree_get(self.train_state.opt_state, "learning_rate"))
+
+  def _roll_back(self, metrics_file) -> None:
+    """Restores the newest loadable checkpoint and lowers the learning rate.
+
+    Raises:
+      TrainingDivergedError: there is no checkpoint, or `max_rollbacks` rollbacks came
+        without a new checkpoint between them.
+    """
+    t = self.config.train
+    streak = (f"{self._nonfinite_in_a_row} chunks in a row (steps "
+              f"{self.step - self._nonfinite_in_a_row + 1}..{self.step}) produced non-finite "
+              "values (NaN/Inf) and their updates were skipped")
+    advice = (f"Lower train.learning_rate (now {self.learning_rate:g}), check the data and "
+              "the brain/plasticity settings, or raise train.max_nonfinite_chunks.")
+    candidates = checkpoint.list_checkpoints(self.checkpoint_dir)[::-1]
+    if not candidates:
+      raise TrainingDivergedError(
+          f"{streak}, and {self.checkpoint_dir} holds no checkpoint to roll back to (the first "
+          f"is written after train.checkpoint_interval={t.checkpoint_interval} chunks). "
+          f"{advice}")
+    if self._rollbacks_since_save >= int(t.max_rollbacks):
+      raise TrainingDivergedError(
+          f"{streak}, after {self._rollbacks_since_save} rollbacks to {candidates[0].path} "
+          f"without reaching a new checkpoint (train.max_rollbacks={t.max_rollbacks}). "
+          f"{advice}")
+    old_lr, from_step = self.learning_rate, self.step
+    new_lr = old_lr * float(t.rollback_lr_factor)
+    for i, candidate in enumerate(candidates):
+      try:
+        ts = self._restore(candidate.path, checkpoint.read_metadata(candidate.path))
+        break
+      except CheckpointError as e:
+        if i == len(candidates) - 1:
+          raise TrainingDivergedError(f"{streak}; no checkpoint could be restored, the last "
+                                      f"failure: {e}") from e
+        _say(f"Cannot roll back to {candidate.path} ({e}); trying an older checkpoint.")
+    self.train_state = self._place(_with_learning_rate(ts, new_lr))
+    self.rollbacks += 1
+    self._rollbacks_since_save += 1
+    self._nonfinite_in_a_row = 0
+    self._truncate_metrics(self.step, keep_events=True)
+    record = {"step": self.step, "tokens": self.tokens, "event": "rollback",
+              "from_step": from_step, "checkpoint": str(self.last_checkpoint),
+              "learning_rate": new_lr, "previous_learning_rate": old_lr,
+              "rollbacks": self.rollbacks}
+    metrics_file.write(json.dumps(record) + "\n")
+    metrics_file.flush()
+    _say(f"Rolled back to {self.last_checkpoint} (step {self.step}) after {streak}; "
+         f"learning rate {old_lr:g} -> {new_lr:g} (rollback {self.rollbacks}).")
+
+  def _note_nonfinite(self, loss: float, metrics_file) -> None:
+    """Logs a chunk whose update `train_chunk` skipped (line + metrics record)."""
+    limit = int(self.config.train.max_nonfinite_chunks)
+    record = {"step": self.step, "tokens": self.tokens, "event": "nonfinite_skip",
+              "loss": loss if math.isfinite(loss) else None,
+              "in_a_row": self._nonfinite_in_a_row, "max_in_a_row": limit}
+    metrics_file.write(json.dumps(record) + "\n")
+    metrics_file.flush()
+    _say(f"step {self.step}: non-finite values (loss {loss}); update skipped "
+         f"({self._nonfinite_in_a_row} of {limit} in a row before rolling back to the last "
+         "checkpoint).")
 
   def _packed(self) -> data.PackedBatches:
     return data.PackedBatches(self._documents, self.tokenizer, batch_size=self.batch_size,
@@ -361,13 +457,19 @@ class Trainer:
       os.replace(self.run_dir / name, archive / name)
     _say(f"Starting afresh: the earlier run's {', '.join(present)} moved to {archive}.")
 
-  def _truncate_metrics(self, step: int) -> None:
-    """Drops metrics logged after `step` (by the run that was interrupted after it)."""
+  def _truncate_metrics(self, step: int, keep_events: bool = False) -> None:
+    """Drops metrics logged after `step` (by the run that was interrupted after it); with
+    `keep_events`, skip and rollback records stay (a rollback keeps its history)."""
     path = self.run_dir / METRICS_FILE
     if not path.is_file():
       return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    keep = []
+    for line in path.read_text().splitlines():
+      if not line.strip():
+        continue
+      record = json.loads(line)
+      if record.get("step", 0) <= step or (keep_events and "event" in record):
+        keep.append(line)
     path.write_text("".join(line + "\n" for line in keep))
 
   # ---- the loop
@@ -435,16 +537,34 @@ class Trainer:
           self._elapsed_s += now - start
           start = now
           loss = float(metrics.loss)
-          run_loss, run_tokens = run_loss + loss * tokens_per_chunk, run_tokens + tokens_per_chunk
-          interval.add(metrics, tokens_per_chunk, n_bytes)
-          bar.set_postfix({"loss": f"{loss:.3f}", "avg": f"{run_loss / run_tokens:.3f}"},
-                          refresh=False)
           bar.update(tokens_per_chunk)
-          if self.step % t.log_interval == 0:
+          if not bool(metrics.finite):  # train_chunk skipped the update
+            self._nonfinite_in_a_row += 1
+            self._note_nonfinite(loss, metrics_file)
+            if self._nonfinite_in_a_row >= int(t.max_nonfinite_chunks):
+              self._roll_back(metrics_file)
+              saved_step, interval = self.step, _Interval()
+              bar.n = self.tokens
+              batch = next(self._batches, None)
+              stopped = "max_chunks" if batch is not None else "end_of_data"
+              start = time.perf_counter()
+              continue
+          else:
+            self._nonfinite_in_a_row = 0
+            run_loss, run_tokens = run_loss + loss * tokens_per_chunk, run_tokens + tokens_per_chunk
+            interval.add(metrics, tokens_per_chunk, n_bytes)
+            bar.set_postfix({"loss": f"{loss:.3f}", "avg": f"{run_loss / run_tokens:.3f}"},
+                            refresh=False)
+          if self.step % t.log_interval == 0 and interval.chunks:
             self._log(interval, run_loss / run_tokens, writer, metrics_file)
             interval = _Interval()
           if batch is None and not last:
             stopped = "end_of_data"
+          # No periodic checkpoint inside a streak of skipped chunks (a rollback then goes
+          # to the state before it); the last one and a signal's are written all the same.
+          if data_state is not None and self._nonfinite_in_a_row and not (
+              last or batch is None or interrupt.signal_name):
+            data_state = None
           # A signal that came after `may_save` was decided is served after the next chunk.
           if data_state is not None:
             self.save_checkpoint(data_state, loss)
@@ -469,7 +589,8 @@ class Trainer:
     if data_state is None:
       data_state = self._batches.get_state()
     metadata = {
-        "tokens": self.tokens, "loss": None if math.isnan(loss) else loss,
+        "tokens": self.tokens, "loss": loss if math.isfinite(loss) else None,
+        "learning_rate": self.learning_rate, "rollbacks": self.rollbacks,
         "elapsed_s": self._elapsed_s, "config": self.config.to_dict(),
         "signature": self._signature(), "mode": self.mode, "chunk_len": self.chunk_len,
         "tokenizer": {"kind": type(self.tokenizer).__name__,
@@ -480,16 +601,20 @@ class Trainer:
                            brain_config=self.brain_config, metadata=metadata,
                            keep=int(self.config.train.keep_checkpoints))
     self.last_checkpoint = info.path
+    self._rollbacks_since_save = 0
     return info.path
 
   def _log(self, interval: _Interval, avg_loss: float, writer: SummaryWriter,
            metrics_file) -> None:
     stats = interval.statistics(self.brain_config.area_names)
     stats.update(loss_avg=avg_loss, tokens=float(self.tokens),
-                 learning_rate=float(self.config.train.learning_rate))
+                 learning_rate=self.learning_rate)
     bs = jax.device_get(self.train_state.brain_state)
     stats["gate/thalamus"] = float(np.mean(bs.thal_gate_B))
     stats["gate/basal_ganglia"] = float(np.mean(bs.bg_gate_B))
+    read_stats = getattr(self._batches, "stats", None)
+    if read_stats is not None:  # documents read so far (the reader runs a little ahead)
+      stats.update({f"data/{k}": float(v) for k, v in dataclasses.asdict(read_stats).items()})
     record = {"step": self.step, "elapsed_s": round(self._elapsed_s, 3), **stats}
     metrics_file.write(json.dumps(record) + "\n")
     metrics_file.flush()
@@ -500,7 +625,7 @@ class Trainer:
     _say(f"step {self.step} | {self.tokens:,} tok | loss {stats['loss']:.4f} "
          f"(avg {avg_loss:.4f}) | {stats['bits_per_byte']:.3f} bits/byte | "
          f"acc {stats['accuracy']:.3f} | {stats['tokens_per_s']:,.0f} tok/s | rates {rates} | "
-         f"dopamine {stats['plasticity/dopamine']:+.4f}")
+         f"dopamine {stats['plasticity/dopamine']:+.4f}" + _data_note(stats))
     if self.log_callback is not None:
       self.log_callback(self.step, stats["loss"], stats)
 
@@ -533,7 +658,8 @@ class _Interval:
 
   def statistics(self, area_names: tuple[str, ...]) -> dict[str, float]:
     """Flat dict: loss (nats/token), bits_per_byte, accuracy, tokens_per_s, rate/<area>
-    (spikes per neuron per tick), plasticity/<stat> (see plasticity.STAT_KEYS)."""
+    (spikes per neuron per tick), plasticity/<stat> (see plasticity.STAT_KEYS). `Trainer._log`
+    adds loss_avg, tokens, learning_rate, gate/<area> and data/<ReadStats field>."""
     n = max(self.chunks, 1)
     stats = {
         "loss": self.nats / max(self.tokens, 1),
@@ -545,6 +671,21 @@ class _Interval:
     stats.update({f"rate/{a}": float(r) / n for a, r in zip(area_names, rates_A)})
     stats.update({f"plasticity/{k}": self.plastic.get(k, 0.0) / n for k in STAT_KEYS})
     return stats
+
+
+def _data_note(stats: dict[str, float]) -> str:
+  """' | data: ...' when documents were skipped or repaired so far, else ''."""
+  empty, replaced = stats.get("data/empty_skipped", 0), stats.get("data/replacement_chars", 0)
+  if not (empty or replaced):
+    return ""
+  return (f" | data: {int(stats['data/documents']):,} documents, {int(empty):,} empty skipped, "
+          f"{int(replaced):,} invalid UTF-8 sequences replaced by U+FFFD")
+
+
+def _with_learning_rate(ts: learning.TrainState, learning_rate: float) -> learning.TrainState:
+  """`ts` with the optimizer's (injected) learning rate set to `learning_rate`."""
+  return ts._replace(opt_state=optax.tree_utils.tree_set(
+      ts.opt_state, learning_rate=jnp.asarray(learning_rate, jnp.float32)))
 
 
 def _utf8_bytes(tokenizer, tokens_BxL: np.ndarray) -> int:

@@ -1,13 +1,17 @@
-"""Checkpoints: exact round trip, damage and mismatch named, atomic writes, keep-last-K."""
+"""Checkpoints: exact round trip, damage and mismatch named, atomic writes, keep-last-K,
+failed writes (disk full, unwritable directory) named with the previous checkpoint intact."""
 
+import errno
 import functools
 import json
 import os
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from neurogen_jax import checkpoint, learning
@@ -258,3 +262,74 @@ def test_manifest_covers_every_file(tmp_path, train_state, brain_config):
   assert set(manifest) == files - {"metadata.json"}
   for name, (size, _) in manifest.items():
     assert os.path.getsize(info.path / name) == size
+
+
+NO_SPACE = OSError(errno.ENOSPC, "No space left on device")
+
+
+def _fail_orbax(*args, **kwargs):
+  raise NO_SPACE
+
+
+def _fail_orbax_wrapped(*args, **kwargs):  # tensorstore's way of reporting it
+  raise ValueError("INTERNAL: Error writing local file \"/ckpt/d/abc\": [OS error: No space left "
+                   "on device]")
+
+
+def _fail_write_text(self, *args, **kwargs):
+  raise NO_SPACE
+
+
+@pytest.mark.parametrize("target, replacement", [
+    ((ocp.Checkpointer, "save"), _fail_orbax),
+    ((ocp.Checkpointer, "save"), _fail_orbax_wrapped),
+    ((Path, "write_text"), _fail_write_text),
+], ids=["orbax-oserror", "orbax-wrapped", "json-files"])
+def test_disk_full_is_named_and_keeps_the_previous_checkpoint(
+    tmp_path, train_state, brain_config, optimizer, monkeypatch, target, replacement):
+  root = tmp_path / "checkpoints"
+  save(root, train_state, brain_config, step=1)
+  monkeypatch.setattr(*target, replacement)
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    save(root, train_state, brain_config, step=2)
+  monkeypatch.undo()
+  message = str(e.value)
+  assert f"{root}: cannot write checkpoint step 2" in message
+  assert "No space left on device" in message
+  assert f"The disk holding {root} is full: free space there" in message
+  assert f"The previous checkpoint {root / 'checkpoint_step_1'} is intact." in message
+  assert sorted(p.name for p in root.iterdir()) == ["checkpoint_step_1", "checkpoint_step_1.json"]
+  abstract = checkpoint.abstract_train_state(brain_config, PCFG, optimizer, BATCH, "local")
+  restored, _ = checkpoint.restore(root / "checkpoint_step_1", abstract)  # verifies the manifest
+  assert_trees_bit_equal(restored, train_state._replace(step=jnp.int32(1)))
+
+
+def test_unwritable_directory_is_named(tmp_path, train_state, brain_config, optimizer,
+                                       monkeypatch):
+  root = tmp_path / "checkpoints"
+  save(root, train_state, brain_config, step=1)
+  if os.geteuid() == 0:  # root writes through permissions: simulate what chmod would do
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+      if self.parent == root:
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+      return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+  else:
+    root.chmod(0o500)
+  try:
+    with pytest.raises(checkpoint.CheckpointError) as e:
+      save(root, train_state, brain_config, step=2)
+  finally:
+    root.chmod(0o700)
+    monkeypatch.undo()
+  message = str(e.value)
+  assert f"{root}: cannot write checkpoint step 2 (PermissionError" in message
+  assert f"{root} is not writable: make it writable (chmod u+w {root})" in message
+  assert f"The previous checkpoint {root / 'checkpoint_step_1'} is intact." in message
+  assert [c.step for c in checkpoint.list_checkpoints(root)] == [1]
+  abstract = checkpoint.abstract_train_state(brain_config, PCFG, optimizer, BATCH, "local")
+  restored, _ = checkpoint.restore(root / "checkpoint_step_1", abstract)
+  assert_trees_bit_equal(restored, train_state._replace(step=jnp.int32(1)))

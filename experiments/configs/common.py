@@ -17,7 +17,11 @@ Sections (read by `neurogen_jax.train.Trainer`):
               tokens_per_chunk, chunk_len (L tokens per stream per chunk; by default
               tokens_per_chunk // batch_size), max_chunks (0 = until the data ends),
               learning_rate, grad_clip, weight_decay, log_interval and
-              checkpoint_interval (in chunks), keep_checkpoints, gpu_device
+              checkpoint_interval (in chunks), keep_checkpoints, gpu_device;
+              max_nonfinite_chunks (chunks in a row whose update was skipped for NaN/Inf
+              before rolling back to the last checkpoint), rollback_lr_factor (the
+              learning rate is multiplied by it on each rollback), max_rollbacks
+              (rollbacks without a new checkpoint between them before the run stops)
 
 A chunk is one `learning.train_chunk` call: B streams x L tokens, one optimizer update.
 """
@@ -93,6 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
       checkpoint_interval=100,
       keep_checkpoints=3,
       gpu_device=0,
+      max_nonfinite_chunks=3,
+      rollback_lr_factor=0.5,
+      max_rollbacks=3,
   ))
   # The device mesh: data x model; 1 x 1 is one device (train.gpu_device). Data parallel
   # splits the B streams (batch_size must divide by `data`); model parallel splits the
