@@ -561,3 +561,20 @@ def test_two_processes_train_checkpoint_and_resume_like_one_process(tmp_path, en
     assert max(off.values()) <= MULTI_OFF_FRACTION_TOL, sorted(off.items(), key=lambda kv: -kv[1])[:3]
     w_m, w_s = (np.asarray(t.params.w_out, np.float32) for t in (ts_m, ts_s))
     assert np.abs(w_m - w_s).max() <= MULTI_W_OUT_TOL * np.abs(w_s).max()
+
+
+def test_processes_without_a_mesh_over_all_devices_stop_with_what_to_set(tmp_path, env, data_dir):
+  procs = run_processes(train_args(data_dir, tmp_path, 2), env, timeout=120)
+  for proc in procs:
+    assert proc.returncode == 1, proc.stderr
+    assert ("2 processes hold 4 devices, and the mesh (mesh.data=1 x mesh.model=1) must use all "
+            "of them: set --config.mesh.data=4") in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_incomplete_distributed_settings_are_refused(tmp_path, env, data_dir):
+  proc = run_cli("experiments.train", train_args(data_dir, tmp_path, 2) + ["--num_processes=2"],
+                 dict(env, JAX_COORDINATOR_ADDRESS="", JAX_PROCESS_ID=""))
+  assert proc.returncode == 1
+  assert "multi-host needs all of coordinator address, number of processes and process id" in proc.stderr
+  assert "--coordinator_address" in proc.stderr and "Traceback" not in proc.stderr
