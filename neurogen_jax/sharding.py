@@ -157,8 +157,18 @@ def shard_train_state(ts: TrainState, mesh: Mesh) -> TrainState:
   (`may_alias=False` notwithstanding, jax 0.11), and `sharded_train_chunk` donates its
   input, which would delete `ts`'s arrays. A brain too large for one device is built in
   place by `init_train_state` (or restored onto `abstract_train_state`) instead.
+
+  Several processes: a leaf held whole by this process (the same on every process, e.g.
+  a fresh init or fine-tuning weights) goes through host memory, each process placing its
+  own shards (jax 0.11 refuses device-to-device copies across hosts on CPU and GPU unless
+  a transfer socket is set up); a global leaf is resharded on the devices.
   """
-  return jax.device_put(jax.tree.map(jnp.copy, ts), train_state_shardings(ts, mesh))
+  def place(x, target):
+    if jax.process_count() > 1 and getattr(x, "is_fully_addressable", True):
+      return jax.device_put(np.asarray(x), target)
+    return jax.device_put(jnp.copy(x), target)
+
+  return jax.tree.map(place, ts, train_state_shardings(ts, mesh))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
