@@ -20,6 +20,14 @@ the data iterator come back bit for bit, so k chunks + resume to N == N chunks s
 A fresh run trains its tokenizer (sentencepiece, `config.data.vocab_size` pieces) on the
 first `data.sample_chars` characters of the data, or loads `config.data.tokenizer`, and
 sets the readout bias to the unigram log-probabilities of that sample.
+
+Several processes (one per host, after `sharding.initialize_distributed`): the mesh
+(`config.mesh`) spans every process's devices; each process packs only its own streams,
+from its own shard of the documents (`data.num_shards`, default one per group of
+processes holding the same streams), and saves that shard's data state in each
+checkpoint; process 0 makes the tokenizer that all load, writes the checkpoint's shared
+files, and alone logs. After every chunk the processes agree whether all have a next
+batch and whether any got a signal, so they stop, save and return together.
 """
 
 from __future__ import annotations
