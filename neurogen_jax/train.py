@@ -575,8 +575,8 @@ class Trainer:
     """Mean thalamic and basal-ganglia gates over all streams (every process calls it)."""
     bs = self.train_state.brain_state
     if self.mesh is None:
-      bs = jax.device_get(bs)
-      return float(np.mean(bs.thal_gate_B)), float(np.mean(bs.bg_gate_B))
+      thal_B, bg_B = jax.device_get((bs.thal_gate_B, bs.bg_gate_B))
+      return float(np.mean(thal_B)), float(np.mean(bg_B))
     if self._gates_fn is None:  # the gates are split over 'data': reduce them on the mesh
       self._gates_fn = jax.jit(lambda a, b: jnp.stack([jnp.mean(a), jnp.mean(b)]),
                                out_shardings=NamedSharding(self.mesh, PartitionSpec()))
