@@ -11,6 +11,15 @@ overrides any field (see experiments/configs/common.py). With checkpoints in the
 directory, `--resume=auto` (default) asks "Load checkpoint? (y/n)" on a terminal and
 loads without asking otherwise; `--resume=yes|no` decide for scripts. Ctrl-C (SIGINT) or
 SIGTERM saves a checkpoint and exits; the same command resumes.
+
+Several hosts: one process per host, the same command on each, plus where to meet:
+
+  python -m experiments.train --config=default --config.mesh.data=16 \
+      --coordinator_address=host0:12345 --num_processes=2 --process_id=0   # 1 on the other
+
+(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; under SLURM's srun or
+Open MPI's mpirun they are found by themselves). Each process reads its own shard of the
+documents into its own streams; `--run_dir` must be on a file system all hosts share.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -38,6 +48,18 @@ _RESUME = flags.DEFINE_enum("resume", None, list(train_lib.RESUME_CHOICES),
                             "yes), yes, or no (start afresh). Default: the config's (auto).")
 _INIT_FROM = flags.DEFINE_string("init_from", None, "Fine-tune: start from this checkpoint's (or "
                                  "run's latest) weights, with a fresh optimizer and data.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Several hosts: 'host:port' of process 0, the same on every "
+    "host (default: $JAX_COORDINATOR_ADDRESS, or the cluster's).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Several hosts: how many processes (one per host) take part "
+    "(default: $JAX_NUM_PROCESSES, or the cluster's; 1 = a single process).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "Several hosts: this process's index, 0 .. num_processes-1 "
+    "(default: $JAX_PROCESS_ID, or the cluster's).")
+_DETECT_CLUSTER = flags.DEFINE_bool(
+    "detect_cluster", True, "Without the three settings above, join the processes of a SLURM "
+    "srun step, an Open MPI mpirun or a Cloud TPU slice, as jax.distributed does.")
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", str(corpus.cache_root() / "xla"),
     "Directory of compiled XLA programs reused by later runs ('' = off).")
@@ -66,7 +88,12 @@ def config_argv(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  sharding.initialize_distributed()  # multi-host: JAX_COORDINATOR_ADDRESS etc.; else a no-op
+  # Before anything touches a device (jax.distributed's rule); a no-op for one process.
+  try:
+    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                    detect_cluster=_DETECT_CLUSTER.value)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   if _COMPILATION_CACHE.value:
@@ -86,7 +113,8 @@ def main(argv: list[str]) -> None:
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:  # before the loop, or a second Ctrl-C inside it
     sys.exit("Interrupted; nothing more was saved.")
-  print(f"{result.stopped}: step {result.step}, {result.tokens:,} tokens, mean loss "
+  process = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+  print(f"{process}{result.stopped}: step {result.step}, {result.tokens:,} tokens, mean loss "
         f"{result.loss:.4f} nats/token; checkpoint {result.checkpoint}", file=sys.stderr)
 
 

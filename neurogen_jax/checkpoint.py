@@ -6,7 +6,9 @@ Layout of `RUN/checkpoints/`:
     state/             orbax composite, one item per `TrainState` field and the RNG key:
                        params (connectivity included), opt_state, brain_state, plastic,
                        step, rng
-    data_state.json    the data iterator's state (the token stream resumes where it was)
+    data_state.json    the data iterator's state (the token stream resumes where it was);
+                       a run whose data is split into S shards (several hosts) has one
+                       `data_state-0000i-of-0000S.json` per shard instead
     tokenizer/         the tokenizer (`tokenizer.model` or `byte_tokenizer.json`)
     metadata.json      config, step, tokens, loss, time, and a manifest: the size and
                        sha256 of every other file, checked on restore
@@ -18,6 +20,8 @@ orbax has finalised its part and the manifest is written, the directory is renam
 JSON beside it is written through a temporary file and `os.replace`. A crash therefore
 leaves either a complete checkpoint or a hidden leftover that listing ignores (and the
 next save removes). Old checkpoints are hidden by a rename before they are deleted.
+With several processes, all write into the same hidden directory (orbax: each its array
+shards; each its data shards), and process 0 alone does the rest, between barriers.
 A write that fails (disk full, directory not writable) removes its hidden directory and
 raises CheckpointError naming the directory, the cause and what to do; the checkpoints
 already there are untouched. (Test-only: `NEUROGEN_TEST_SAVE_DELAY_S` makes `save` sleep
@@ -56,6 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from neurogen_jax import brain, learning
 from neurogen_jax import tokenizer as tokenizer_lib
@@ -157,39 +162,104 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
 
 def save(checkpoint_dir: str | os.PathLike, train_state: TrainState, *, rng: jax.Array,
          data_state: Mapping[str, Any] | None, tokenizer: Any, brain_config: BrainConfig,
-         metadata: Mapping[str, Any], keep: int = 3) -> CheckpointInfo:
+         metadata: Mapping[str, Any], keep: int = 3,
+         data_shards: Mapping[int, Mapping[str, Any]] | None = None,
+         num_data_shards: int = 1) -> CheckpointInfo:
   """Writes `checkpoint_step_{train_state.step}` atomically and keeps the newest `keep`.
+
+  Multi-process (`jax.process_count() > 1`): every process calls `save` with the same
+  arguments except `data_shards`. Orbax writes each array's shards from the processes
+  that hold them (one copy of replicated arrays, from process 0); each process writes its
+  own `data_shards`; process 0 alone writes the JSON, the tokenizer and the manifest,
+  renames the directory into place and removes old checkpoints. Barriers keep the steps
+  apart, and `save` returns on every process only once the checkpoint is complete, so no
+  process can see it half written. The checkpoint directory must be on a file system
+  all processes share.
 
   Args:
     checkpoint_dir: where checkpoints live (created if missing).
-    train_state: the full training state; every leaf is saved exactly.
-    rng: the run's PRNG key (raw uint32 or typed).
-    data_state: the data iterator's `get_state()` (JSON-serialisable), or None.
+    train_state: the full training state; every leaf is saved exactly. Multi-process:
+      global arrays (on a mesh of every process's devices).
+    rng: the run's PRNG key (raw uint32 or typed); multi-process: replicated on the mesh.
+    data_state: the data iterator's `get_state()` (JSON-serialisable), or None; written by
+      process 0 (`DATA_STATE_FILE`).
     tokenizer: anything with `save(directory)` (see `neurogen_jax.tokenizer`), or None.
     brain_config: the brain's config; `load_brain` rebuilds the brain from it.
     metadata: JSON-serialisable facts about the run (config, tokens, loss, ...); `step`,
       `time`, `format_version`, `brain_config`, `batch_size` and `manifest` are added.
     keep: how many checkpoints to keep (the newest); 0 keeps all.
+    data_shards: {shard index: data state} of the shards this process saves (written as
+      `data_state_file(shard, num_data_shards)`, see `read_data_shards`).
+    num_data_shards: how many shards the run's data has.
 
   Returns:
     The new checkpoint. A checkpoint of the same step is replaced.
   """
   root = Path(checkpoint_dir)
+  primary = jax.process_index() == 0
   step = int(jax.device_get(train_state.step))
   final = checkpoint_path(root, step)
-  tmp = root / f"{_TMP_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-  try:
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(root)
-    tmp.mkdir()
-  except OSError as e:
-    raise CheckpointError(_write_failure(root, step, e)) from e
+  tmp = root / f"{_TMP_PREFIX}{final.name}-{_shared_token()}"
+  failure = None
+  if primary:
+    try:
+      root.mkdir(parents=True, exist_ok=True)
+      _remove_leftovers(root)
+      tmp.mkdir()
+    except OSError as e:
+      failure = e
+  # (A barrier.) Every process learns whether process 0 made the directory.
+  if not _primary_succeeded(failure is None):
+    if failure is not None:
+      raise CheckpointError(_write_failure(root, step, failure)) from failure
+    raise CheckpointError(f"{root}: process 0 could not make the hidden directory of checkpoint "
+                          f"step {step}; its log says why.")
   try:
     items = {name: _flatten(getattr(train_state, name)) for name in TrainState._fields}
     items[RNG_ITEM] = _flatten(_raw_key(rng))
     args = {name: ocp.args.StandardSave(flat) for name, flat in items.items() if flat}
     with _checkpointer() as checkpointer:
       checkpointer.save(tmp / STATE_DIR, args=ocp.args.Composite(**args))
+    for shard, state in (data_shards or {}).items():
+      (tmp / data_state_file(shard, num_data_shards)).write_text(json.dumps(state))
+  except BaseException as e:
+    if not _is_write_failure(e):  # interrupted, or a bug: no agreement, as before
+      if primary:
+        shutil.rmtree(tmp, ignore_errors=True)
+      raise
+    failure = e
+  # (A barrier.) Every process has written its part, or failed to: then all fail together.
+  if not _all_succeeded(failure is None):
+    if primary:
+      shutil.rmtree(tmp, ignore_errors=True)
+    if failure is not None:
+      raise CheckpointError(_write_failure(root, step, failure)) from failure
+    raise CheckpointError(f"{root}: another process could not write its part of checkpoint step "
+                          f"{step} (its log says why); the hidden directory was removed.")
+  error = None
+  if primary:
+    try:
+      _finish(tmp, final, data_state=data_state, tokenizer=tokenizer, brain_config=brain_config,
+              metadata=metadata, train_state=train_state, step=step, keep=keep)
+    except BaseException as e:  # pylint: disable=broad-except  # re-raised below, after telling the others
+      shutil.rmtree(tmp, ignore_errors=True)
+      error = e
+  # The last barrier says whether process 0 finished: the others fail with it, not hang.
+  if not _primary_succeeded(error is None) and error is None:
+    raise CheckpointError(f"{final}: process 0 failed to complete this checkpoint; its log says why.")
+  if error is not None:
+    raise error
+  return CheckpointInfo(final, step)
+
+
+def _finish(tmp: Path, final: Path, *, data_state, tokenizer, brain_config, metadata, train_state,
+            step: int, keep: int) -> None:
+  """Process 0's part of `save`: the JSON files, the tokenizer, the manifest, the rename.
+
+  A write that fails removes `tmp` and raises CheckpointError (see `_write_failure`).
+  """
+  root = final.parent
+  try:
     if data_state is not None:
       (tmp / DATA_STATE_FILE).write_text(json.dumps(data_state))
     if tokenizer is not None:  # the NeuroGenModel API works on token ids and has none
@@ -221,7 +291,34 @@ def save(checkpoint_dir: str | os.PathLike, train_state: TrainState, *, rng: jax
     for old in list_checkpoints(root)[:-keep]:
       old.metadata_path.unlink(missing_ok=True)
       _discard(old.path)
-  return CheckpointInfo(final, step)
+
+
+def _primary_succeeded(ok: bool) -> bool:
+  """Process 0's `ok`, on every process (a barrier); `ok` itself when alone."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.asarray(multihost_utils.broadcast_one_to_all(np.asarray([int(ok)], np.int64)))[0])
+
+
+def data_state_file(shard: int, num_shards: int) -> str:
+  """The file of data shard `shard` of `num_shards` in a checkpoint."""
+  return f"data_state-{int(shard):05d}-of-{int(num_shards):05d}.json"
+
+
+def _all_succeeded(ok: bool) -> bool:
+  """Whether `ok` on every process (an all-gather, so a barrier); `ok` itself when alone."""
+  if jax.process_count() == 1:
+    return ok
+  oks = multihost_utils.process_allgather(np.asarray([int(ok)], np.int64))
+  return bool(np.asarray(oks).all())
+
+
+def _shared_token() -> str:
+  """A random name part, the same on every process (process 0 draws it)."""
+  token = np.asarray([int.from_bytes(os.urandom(4), "little")], np.int64)
+  if jax.process_count() > 1:
+    token = np.asarray(multihost_utils.broadcast_one_to_all(token))
+  return f"{os.getpid() if jax.process_count() == 1 else 'p0'}-{int(token[0]):08x}"
 
 
 # Test-only: seconds to sleep after a save has written everything into its hidden
@@ -405,6 +502,23 @@ def read_data_state(path: str | os.PathLike) -> dict | None:
     raise CheckpointError(f"{file}: unreadable data state ({type(e).__name__}: {e}).") from e
 
 
+def read_data_shards(path: str | os.PathLike, shards: Sequence[int],
+                     num_shards: int) -> dict[str, Any]:
+  """{str(shard): data state} of the listed shards of checkpoint `path` (see `save`)."""
+  out = {}
+  for shard in shards:
+    file = Path(path) / data_state_file(shard, num_shards)
+    if not file.is_file():
+      present = sorted(p.name for p in Path(path).glob("data_state*.json"))
+      raise CheckpointError(f"{file}: missing; the checkpoint holds data states {present}. Resume "
+                            "with the data shards it was saved with (data.num_shards).")
+    try:
+      out[str(shard)] = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+      raise CheckpointError(f"{file}: unreadable data state ({type(e).__name__}: {e}).") from e
+  return out
+
+
 def load_tokenizer(path: str | os.PathLike):
   """The tokenizer saved with checkpoint `path`."""
   directory = Path(path) / TOKENIZER_DIR
@@ -431,7 +545,7 @@ def restore(path: str | os.PathLike, abstract: TrainState, *, device: jax.Device
     abstract: the target's shapes and dtypes, from `abstract_train_state`. Leaves that
       carry a sharding (`sharding.abstract_train_state(..., mesh)`) are read straight into
       that layout, on any number of devices; the others go to `device`.
-    device: where unsharded leaves go (default: the first device).
+    device: where unsharded leaves go (default: this process's first device).
     verify_files: check sizes and hashes against the manifest first.
 
   Raises:
@@ -458,7 +572,7 @@ def restore_items(path: str | os.PathLike, abstract: Mapping[str, Any], *,
   else:
     read_metadata(path)
   state_dir = path / STATE_DIR
-  device = device or jax.devices()[0]
+  device = device or jax.local_devices()[0]
   sharding = jax.sharding.SingleDeviceSharding(device)
   try:
     with _checkpointer() as checkpointer:

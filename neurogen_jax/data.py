@@ -16,6 +16,12 @@ row b of batch t, and `targets_BxL[b, i]` is the token after `inputs_BxL[b, i]` 
 stream b. Documents are dealt round-robin to the streams that need tokens, each
 followed by eos.
 
+Several hosts: `shard_documents(documents, i, S)` is the i-th of S disjoint shards of the
+stream (by file when it can, else every S-th document), and `PackedShards` packs the
+shards a process reads side by side, each into its own B/S streams, with one state per
+shard (saved per shard in checkpoints, so a resume is exact on any number of processes
+that reads the same S shards).
+
 Bad input never crashes with an arbitrary exception: it is skipped (empty documents),
 repaired and counted (undecodable bytes become U+FFFD, `ReadStats.replacement_chars`),
 or raised as `DataSourceError` naming the file and what to do.
@@ -49,9 +55,9 @@ from neurogen_jax import corpus
 from neurogen_jax.corpus import DataSourceError
 
 __all__ = [
-    "Batch", "DataSourceError", "FileDocuments", "HFDocuments", "PackedBatches", "ReadStats",
-    "SUPPORTED_SUFFIXES", "TextDocuments", "as_documents", "hf_documents", "make_documents",
-    "resolve_files",
+    "Batch", "DataSourceError", "FileDocuments", "HFDocuments", "PackedBatches", "PackedShards",
+    "ReadStats", "SUPPORTED_SUFFIXES", "ShardedDocuments", "TextDocuments", "as_documents",
+    "hf_documents", "make_documents", "resolve_files", "shard_documents",
 ]
 
 SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".jsonl.zst", ".parquet")
@@ -134,7 +140,9 @@ class FileDocuments(grain.IterDataset):
   def __init__(self, files: Sequence[str | os.PathLike], num_epochs: int | None = 1):
     if not files:
       raise DataSourceError("FileDocuments got no files; see resolve_files.")
-    super().__init__(grain.MapDataset.source([os.fspath(f) for f in files]).repeat(num_epochs))
+    self.files = tuple(os.fspath(f) for f in files)
+    self.num_epochs = num_epochs
+    super().__init__(grain.MapDataset.source(list(self.files)).repeat(num_epochs))
 
   def __iter__(self) -> _FileDocumentsIterator:
     return _FileDocumentsIterator(self._parent)
@@ -418,6 +426,11 @@ class HFDocuments(grain.IterDataset):
     super().__init__()
     self._dataset = dataset
 
+  @property
+  def dataset(self) -> Any:
+    """The `datasets.IterableDataset` read."""
+    return self._dataset
+
   def __iter__(self) -> _HFDocumentsIterator:
     return _HFDocumentsIterator(self._dataset)
 
@@ -507,6 +520,81 @@ def make_documents(data_cfg: DataConfigLike, num_epochs: int | None = 1) -> grai
                             f"{data_cfg.split!r}.")
     return FileDocuments(splits[data_cfg.split], num_epochs)
   return hf_documents(data_cfg.dataset_name, data_cfg.split)
+
+
+# ---------------------------------------------------------------------------- sharding
+
+
+def shard_documents(documents: grain.IterDataset | Iterable[str], index: int,
+                    count: int) -> grain.IterDataset:
+  """Shard `index` of `count` of a document stream: what one of `count` hosts reads.
+
+  The shards are disjoint and together hold every document. Local files
+  (`FileDocuments`) whose number divides by `count` are shared out by file (shard i reads
+  files i, i + count, ...: no host opens another's files); otherwise, and for in-memory
+  texts, shard i keeps documents i, i + count, ... of the whole stream (every host reads
+  all of it). A Hugging Face stream is split by `datasets.distributed.split_dataset_by_node`
+  (by its files when their number divides by `count`, else by example).
+  """
+  if not 0 <= index < count:
+    raise ValueError(f"shard index {index} is not in [0, {count})")
+  documents = as_documents(documents)
+  if count == 1:
+    return documents
+  if isinstance(documents, FileDocuments) and len(documents.files) % count == 0:
+    return FileDocuments(documents.files[index::count], documents.num_epochs)
+  if isinstance(documents, HFDocuments):
+    from datasets.distributed import split_dataset_by_node  # pylint: disable=g-import-not-at-top
+    return HFDocuments(split_dataset_by_node(documents.dataset, rank=index, world_size=count))
+  return ShardedDocuments(documents, index, count)
+
+
+class ShardedDocuments(grain.IterDataset):
+  """Documents index, index + count, index + 2 * count, ... of `documents`.
+
+  State: the parent's state and how many documents to skip before the next one. `stats`
+  are the parent's (they count every document read, the other shards' too).
+  """
+
+  def __init__(self, documents: grain.IterDataset, index: int, count: int):
+    if not 0 <= index < count:
+      raise ValueError(f"shard index {index} is not in [0, {count})")
+    super().__init__(documents)
+    self._index, self._count = index, count
+
+  def __iter__(self) -> _ShardedDocumentsIterator:
+    return _ShardedDocumentsIterator(self._parent.__iter__(), self._index, self._count)
+
+  def __str__(self) -> str:
+    return f"ShardedDocuments({self._index} of {self._count})"
+
+
+class _ShardedDocumentsIterator(grain.DatasetIterator):
+
+  def __init__(self, documents: grain.DatasetIterator, index: int, count: int):
+    super().__init__(documents)
+    self._count = count
+    self._skip = index  # documents of other shards before this shard's next one
+
+  @property
+  def stats(self) -> ReadStats | None:
+    return getattr(self._parent, "stats", None)
+
+  def __next__(self) -> str:
+    self._assert_not_closed()
+    while self._skip:
+      next(self._parent)
+      self._skip -= 1
+    text = next(self._parent)
+    self._skip = self._count - 1
+    return text
+
+  def get_state(self) -> dict[str, Any]:
+    return {"documents": self._parent.get_state(), "skip": self._skip}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state["documents"])
+    self._skip = int(state["skip"])
 
 
 # ----------------------------------------------------------------------------- packing
@@ -619,6 +707,54 @@ class _PackedBatchesIterator(grain.DatasetIterator):
     self._parent.set_state(state["documents"])
     self._streams = [_unpack_tokens(stream) for stream in state["streams"]]
     self._document, self._dealt = _unpack_tokens(state["document_rest"]), 0
+
+
+class PackedShards(grain.IterDataset):
+  """Several `PackedBatches` side by side: the local rows of a batch whose streams are fed
+  from separate document shards (`shard_documents`).
+
+  `shards` maps shard index -> its documents; each shard packs `batch_size` streams, and
+  a batch holds the shards' rows in ascending shard order. The iterator's state is
+  {str(shard index): that shard's `PackedBatches` state}, so each shard's state can be
+  saved and restored on its own (by whichever process reads that shard).
+  """
+
+  def __init__(self, shards: dict[int, grain.IterDataset | Iterable[str]], tokenizer: TokenizerLike,
+               batch_size: int, seq_len: int, segment_tokens: int | None = 2048):
+    if not shards:
+      raise ValueError("PackedShards needs at least one shard.")
+    super().__init__()
+    self._packed = {int(s): PackedBatches(docs, tokenizer, batch_size, seq_len, segment_tokens)
+                    for s, docs in sorted(shards.items())}
+
+  def __iter__(self) -> _PackedShardsIterator:
+    return _PackedShardsIterator({s: packed.__iter__() for s, packed in self._packed.items()})
+
+  def __str__(self) -> str:
+    return f"PackedShards({sorted(self._packed)})"
+
+
+class _PackedShardsIterator(grain.DatasetIterator):
+
+  def __init__(self, shards: dict[int, grain.DatasetIterator]):
+    super().__init__()
+    self._shards = shards
+
+  def __next__(self) -> Batch:
+    self._assert_not_closed()
+    batches = [next(it) for it in self._shards.values()]
+    return Batch(inputs_BxL=np.concatenate([b.inputs_BxL for b in batches]),
+                 targets_BxL=np.concatenate([b.targets_BxL for b in batches]))
+
+  def get_state(self) -> dict[str, Any]:
+    return {str(s): it.get_state() for s, it in self._shards.items()}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    missing = sorted(set(map(str, self._shards)) - set(state))
+    if missing:
+      raise ValueError(f"the data state has no shard {missing} (it holds {sorted(state)}).")
+    for s, it in self._shards.items():
+      it.set_state(state[str(s)])
 
 
 def _pack_tokens(tokens: list[int]) -> str:

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from neurogen_jax import learning
@@ -156,8 +157,18 @@ def shard_train_state(ts: TrainState, mesh: Mesh) -> TrainState:
   (`may_alias=False` notwithstanding, jax 0.11), and `sharded_train_chunk` donates its
   input, which would delete `ts`'s arrays. A brain too large for one device is built in
   place by `init_train_state` (or restored onto `abstract_train_state`) instead.
+
+  Several processes: a leaf held whole by this process (the same on every process, e.g.
+  a fresh init or fine-tuning weights) goes through host memory, each process placing its
+  own shards (jax 0.11 refuses device-to-device copies across hosts on CPU and GPU unless
+  a transfer socket is set up); a global leaf is resharded on the devices.
   """
-  return jax.device_put(jax.tree.map(jnp.copy, ts), train_state_shardings(ts, mesh))
+  def place(x, target):
+    if jax.process_count() > 1 and getattr(x, "is_fully_addressable", True):
+      return jax.device_put(np.asarray(x), target)
+    return jax.device_put(jnp.copy(x), target)
+
+  return jax.tree.map(place, ts, train_state_shardings(ts, mesh))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -176,15 +187,7 @@ def shard_batch(tokens_BxL: Any, mesh: Mesh) -> jax.Array:
 
 def process_stream_slice(mesh: Mesh, global_batch: int) -> slice:
   """Which of the B global streams this process feeds (contiguous rows of the batch)."""
-  sharding = batch_sharding(mesh)
-  rows = set()
-  for index in sharding.addressable_devices_indices_map((global_batch, 1)).values():
-    rows.update(range(*index[0].indices(global_batch)))
-  lo, hi = min(rows), max(rows) + 1
-  if len(rows) != hi - lo:
-    raise ValueError(f"process {jax.process_index()} holds non-contiguous streams {sorted(rows)}; "
-                     "build the mesh with devices ordered by process (make_mesh does)")
-  return slice(lo, hi)
+  return process_stream_slices(mesh, global_batch)[jax.process_index()]
 
 
 # ----------------------------------------------------------------- sharded init / restore
@@ -336,12 +339,26 @@ def pmap_train_chunk(ts_D: TrainState, inputs_BxL: Any, targets_BxL: Any, *, con
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> bool:
+                           process_id: int | None = None, *, detect_cluster: bool = True) -> bool:
   """`jax.distributed.initialize` for multi-host runs; a no-op for a single process.
 
+  Call once per process, before anything touches a device (the first thing in a main).
+
   Arguments left None come from the environment: JAX_COORDINATOR_ADDRESS ('host:port' of
-  process 0), JAX_NUM_PROCESSES, JAX_PROCESS_ID. Call once per process, before anything
-  touches a device. Returns True when this is one process of several.
+  process 0), JAX_NUM_PROCESSES, JAX_PROCESS_ID. With all three known, every process
+  sees all devices of its host (JAX_LOCAL_DEVICE_IDS narrows that). With none of them,
+  and `detect_cluster`, a cluster that jax's own auto-detection recognises (a SLURM `srun`
+  step, Open MPI's `mpirun`, Cloud TPU; not Kubernetes, whose detection fires in any pod)
+  and that reports more than one process is initialised the way jax does it: address,
+  count and id from the cluster, and one device per process when the cluster names a
+  local rank (set JAX_LOCAL_DEVICE_IDS=0,1,...,7 for one process per 8-GPU host).
+
+  Returns:
+    True when this is one process of several.
+
+  Raises:
+    ValueError: some but not all of the three settings are given and no cluster supplies
+      the rest.
   """
   env = os.environ
   address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
@@ -351,12 +368,134 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     process_id = int(env["JAX_PROCESS_ID"])
   if jax.distributed.is_initialized():
     return jax.process_count() > 1
-  if num_processes == 1 or (num_processes is None and address is None):
+  if num_processes == 1:
     return False
-  if address is None or num_processes is None or process_id is None:
-    raise ValueError(
-        "multi-host needs all of coordinator address, number of processes and process id "
-        f"(got address={address!r}, num_processes={num_processes}, process_id={process_id}); set "
-        "JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID on every host")
-  jax.distributed.initialize(address, num_processes, process_id)
-  return jax.process_count() > 1
+  if None not in (address, num_processes, process_id):
+    # 'deactivate': a SLURM allocation around the command must not narrow each process to
+    # one local device (jax's detection would set local_device_ids to the SLURM local rank).
+    jax.distributed.initialize(address, num_processes, process_id,
+                               cluster_detection_method="deactivate")
+    return jax.process_count() > 1
+  cluster = detected_cluster() if detect_cluster else None
+  if cluster is not None and cluster[1] > 1:
+    jax.distributed.initialize(address, num_processes, process_id)
+    return jax.process_count() > 1
+  if (address, num_processes, process_id) == (None, None, None):
+    return False
+  raise ValueError(
+      "multi-host needs all of coordinator address, number of processes and process id "
+      f"(got address={address!r}, num_processes={num_processes}, process_id={process_id}); set "
+      "JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID on every host "
+      "(or --coordinator_address, --num_processes, --process_id)")
+
+
+def detected_cluster() -> tuple[str, int] | None:
+  """(name, number of processes) of the cluster jax would auto-detect, else None.
+
+  Uses jax's cluster registry (`jax._src.clusters`, private; None if it moves). Kubernetes
+  is left out: its detection needs the `kubernetes` package and fires in every pod.
+  """
+  try:
+    from jax._src import clusters  # pylint: disable=g-import-not-at-top
+    cluster_types = list(clusters.ClusterEnv._cluster_types)  # pylint: disable=protected-access
+  except (ImportError, AttributeError):
+    return None
+  for cluster in cluster_types:
+    if cluster.opt_in_only_method or not cluster.name or cluster.name == "k8s":
+      continue
+    try:
+      if cluster.is_env_present():
+        return cluster.name, int(cluster.get_process_count())
+    except Exception:  # pylint: disable=broad-except  # a half-set environment: not this one
+      continue
+  return None
+
+
+def is_primary() -> bool:
+  """Whether this is process 0, the one that writes shared files and logs."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches `barrier(name)` (same name everywhere); no-op alone."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def broadcast_ints(values: Any) -> np.ndarray:
+  """Process 0's int64 vector `values`, on every process (each passes a vector of the same size)."""
+  values = np.asarray(values, np.int64)
+  if jax.process_count() == 1:
+    return values
+  return np.asarray(multihost_utils.broadcast_one_to_all(values))
+
+
+def allgather_ints(values: Any) -> np.ndarray:
+  """[processes, n]: every process's int64 vector `values` (all of the same size n)."""
+  values = np.asarray(values, np.int64).reshape(-1)
+  if jax.process_count() == 1:
+    return values[None]
+  return np.asarray(multihost_utils.process_allgather(values)).reshape(jax.process_count(), -1)
+
+
+def replicate(x: Any, mesh: Mesh) -> jax.Array:
+  """`x` (the same on every process) as one array replicated over every device of `mesh`."""
+  return jax.device_put(np.asarray(x), NamedSharding(mesh, P()))
+
+
+def process_stream_slices(mesh: Mesh, global_batch: int) -> dict[int, slice]:
+  """{process index: the streams (rows of the batch) it feeds} for every process of `mesh`.
+
+  Processes on different 'data' rows of the mesh hold disjoint streams; processes that
+  differ only along 'model' hold the same ones (and read the same data).
+  """
+  rows: dict[int, set[int]] = {}
+  for device, index in batch_sharding(mesh).devices_indices_map((global_batch, 1)).items():
+    rows.setdefault(device.process_index, set()).update(range(*index[0].indices(global_batch)))
+  slices = {}
+  for process, held in sorted(rows.items()):
+    lo, hi = min(held), max(held) + 1
+    if len(held) != hi - lo:
+      raise ValueError(f"process {process} holds non-contiguous streams {sorted(held)}; build the "
+                       "mesh with devices ordered by process (make_mesh does)")
+    slices[process] = slice(lo, hi)
+  return slices
+
+
+class DataShards(NamedTuple):
+  """How the document stream is split among the streams (rows) of the batch.
+
+  count: S shards; shard s feeds streams s*B/S .. (s+1)*B/S - 1.
+  local: the shards of this process's streams, in row order.
+  writer: whether this process saves the data state of its shards and counts their bytes
+    (the lowest-numbered process holding those streams).
+  """
+
+  count: int
+  local: tuple[int, ...]
+  writer: bool
+
+
+def data_shards(mesh: Mesh | None, global_batch: int, num_shards: int = 0) -> DataShards:
+  """The data shards of this process: one per group of processes feeding the same streams
+  unless `num_shards` (> 0) asks for more (a multiple of the number of groups, dividing B).
+
+  A single process with num_shards=S reads the S shards an S-host run reads, side by side:
+  the same global batches, so it can continue (or check) that run.
+  """
+  if mesh is None:
+    slices = {jax.process_index(): slice(0, global_batch)}
+  else:
+    slices = process_stream_slices(mesh, global_batch)
+  groups = sorted({(s.start, s.stop) for s in slices.values()})
+  count = int(num_shards) or len(groups)
+  if count < 1 or global_batch % count:
+    raise ValueError(f"data.num_shards={count} must divide the batch of {global_batch} streams")
+  per_shard = global_batch // count
+  if any(lo % per_shard or hi % per_shard for lo, hi in groups):
+    raise ValueError(f"data.num_shards={count} does not split the {len(groups)} processes' streams "
+                     f"({', '.join(f'{lo}..{hi - 1}' for lo, hi in groups)}) into whole shards; use "
+                     f"a multiple of {len(groups)}")
+  mine = slices[jax.process_index()]
+  writer = min(p for p, s in slices.items() if s == mine) == jax.process_index()
+  return DataShards(count, tuple(range(mine.start // per_shard, mine.stop // per_shard)), writer)

@@ -29,6 +29,16 @@ the data iterator come back bit for bit, so k chunks + resume to N == N chunks s
 A fresh run trains its tokenizer (sentencepiece, `config.data.vocab_size` pieces) on the
 first `data.sample_chars` characters of the data, or loads `config.data.tokenizer`, and
 sets the readout bias to the unigram log-probabilities of that sample.
+
+Several processes (one per host, after `sharding.initialize_distributed`): the mesh
+(`config.mesh`) spans every process's devices; each process packs only its own streams,
+from its own shard of the documents (`data.num_shards`, default one per group of
+processes holding the same streams), and saves that shard's data state in each
+checkpoint; process 0 makes the tokenizer that all load, writes the checkpoint's shared
+files, and alone logs. After every chunk the processes agree whether all have a next
+batch, whether any got a signal and whether the chunk was finite on all, so they stop,
+save, return, skip non-finite chunks and roll back together (each process restoring its
+own shards' data state, as on resume).
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -53,6 +64,7 @@ import ml_collections
 import numpy as np
 import optax
 import tqdm
+from jax.sharding import NamedSharding, PartitionSpec
 from tensorboardX import SummaryWriter
 
 from neurogen_jax import checkpoint, data, learning, readout, sharding
@@ -200,11 +212,16 @@ class Trainer:
     self.chunk_len = int(config.train.chunk_len)
     self.mode = config.train.mode
     self.device = _pick_device(int(config.train.gpu_device))
-    mesh_cfg = config.get("mesh", None)
-    data_axis, model_axis = (int(mesh_cfg.data), int(mesh_cfg.model)) if mesh_cfg else (1, 1)
-    # A 1 x 1 mesh is the plain one-device path; anything larger runs the sharded step.
-    self.mesh = sharding.make_mesh(data_axis, model_axis) if data_axis * model_axis > 1 else None
+    self.mesh = _make_mesh(config)
+    self._multiprocess = jax.process_count() > 1
+    self._primary = sharding.is_primary()
+    try:
+      self._shards = sharding.data_shards(self.mesh, self.batch_size,
+                                          int(config.data.get("num_shards", 0)))
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
     self._step_fn = None
+    self._gates_fn = None
     self.plasticity_config = plasticity_config_from(config)
     self.optimizer = learning.make_optimizer(config.train.learning_rate, config.train.grad_clip,
                                              config.train.weight_decay)
@@ -217,7 +234,9 @@ class Trainer:
     self._rollbacks_since_save = 0
 
     resume_from = self._resume_choice()
-    self.run_dir.mkdir(parents=True, exist_ok=True)
+    if self._primary:
+      self.run_dir.mkdir(parents=True, exist_ok=True)
+    sharding.barrier("trainer: run directory")
     with jax.default_device(self.device):
       if resume_from is not None:
         self._resume(resume_from)
@@ -236,27 +255,31 @@ class Trainer:
       return None
     if choice == "no":
       return None
-    if choice == "auto" and sys.stdin is not None and sys.stdin.isatty():
-      return latest.path if _ask_yes_no(f"Found {latest.path} (step {latest.step}). "
-                                        "Load checkpoint? (y/n) ") else None
+    if choice == "auto":
+      # Several processes: process 0 asks (when on a terminal) and tells the others.
+      ask = self._primary and sys.stdin is not None and sys.stdin.isatty()
+      load = not ask or _ask_yes_no(f"Found {latest.path} (step {latest.step}). "
+                                    "Load checkpoint? (y/n) ")
+      if self._multiprocess:
+        load = bool(sharding.broadcast_ints([load])[0])
+      return latest.path if load else None
     return latest.path
 
   def _start(self) -> None:
-    """A fresh run: tokenizer, initial state (or init_from's weights), data from the start."""
-    self._archive_previous_run()
+    """A fresh run: tokenizer, initial state (or init_from's weights), data from the start.
+
+    Several processes: process 0 moves an earlier run aside and makes the tokenizer
+    (trains it, or loads it); the others load the one it saved, so all use the same.
+    """
+    _on_primary("moving the earlier run aside", self._archive_previous_run)
     init_from = checkpoint.find_checkpoint(self.config.init_from) if self.config.init_from else None
     sample = None
-    if init_from is not None and (init_from / checkpoint.TOKENIZER_DIR).is_dir():
-      self.tokenizer = checkpoint.load_tokenizer(init_from)
-    elif init_from is not None:  # saved by NeuroGenModel, which works on token ids
-      if not self.config.data.tokenizer:
-        raise ConfigError(f"init_from={init_from} holds no tokenizer; set data.tokenizer to the "
-                          f"one its token ids come from ('{BYTES_TOKENIZER}' or a path).")
-      self.tokenizer = self._make_tokenizer([])
-    else:
+    if init_from is None:  # every process: the readout bias is computed from it
       sample = _sample_texts(self._documents, int(self.config.data.sample_chars))
-      self.tokenizer = self._make_tokenizer(sample)
-    self.tokenizer.save(self.run_dir / TOKENIZER_DIR)
+    _on_primary("making the tokenizer", lambda: self._make_tokenizer_from(init_from, sample).save(
+        self.run_dir / TOKENIZER_DIR))
+    self.tokenizer = tokenizer_lib.load_tokenizer(self.run_dir / TOKENIZER_DIR)
+    self._check_same_tokenizer()
     self.brain_config = brain_config_from(self.config, self.tokenizer.vocab_size)
     self._rng, init_key = jax.random.split(jax.random.PRNGKey(int(self.config.seed)))
     # The optimizer's learning rate is a constant of its init: the (slow to compile) brain
@@ -278,6 +301,28 @@ class Trainer:
     self.step = 0
     self.tokens = 0
     self._batches = iter(self._packed())
+
+  def _make_tokenizer_from(self, init_from: Path | None, sample: list[str] | None):
+    """The run's tokenizer: init_from's, the configured one, or one trained on `sample`."""
+    if init_from is not None and (init_from / checkpoint.TOKENIZER_DIR).is_dir():
+      return checkpoint.load_tokenizer(init_from)
+    if init_from is not None:  # saved by NeuroGenModel, which works on token ids
+      if not self.config.data.tokenizer:
+        raise ConfigError(f"init_from={init_from} holds no tokenizer; set data.tokenizer to the "
+                          f"one its token ids come from ('{BYTES_TOKENIZER}' or a path).")
+      return self._make_tokenizer([])
+    return self._make_tokenizer(sample)
+
+  def _check_same_tokenizer(self) -> None:
+    """Several processes: fails unless all encode a probe text to the same ids."""
+    if not self._multiprocess:
+      return
+    probe = self.tokenizer.encode("The tokenizer of every process: é, 漢字, \n\t 0123.")
+    digest = [self.tokenizer.vocab_size, zlib.crc32(np.asarray(probe, np.int64).tobytes())]
+    if len({tuple(row) for row in sharding.allgather_ints(digest).tolist()}) > 1:
+      raise ConfigError(f"the processes do not share one tokenizer (vocabulary, crc of a probe "
+                        f"text: {sharding.allgather_ints(digest).tolist()}); is "
+                        f"{self.run_dir / TOKENIZER_DIR} on a file system all hosts share?")
 
   def _make_tokenizer(self, sample: list[str]):
     spec = self.config.data.tokenizer
@@ -335,12 +380,15 @@ class Trainer:
     self.train_state = self._place(ts)
     self._elapsed_s = float(meta.get("elapsed_s", 0.0))
     self.rollbacks = int(meta.get("rollbacks", 0))
-    self._truncate_metrics(self.step)
+    if self._primary:
+      self._truncate_metrics(self.step)
     _say(f"Resumed from {path} (step {self.step}, {self.tokens:,} tokens).")
 
   def _restore(self, path: Path, meta: dict) -> learning.TrainState:
     """Reads checkpoint `path`: sets the RNG, step, tokens, data iterator and
-    `last_checkpoint`; returns its train state (not yet placed on the device)."""
+    `last_checkpoint`; returns its train state (not yet placed on the device).
+
+    Several processes: all call it; each restores the data state of its own shards."""
     if self.mesh is None:
       abstract = checkpoint.abstract_train_state(self.brain_config, self.plasticity_config,
                                                  self.optimizer, self.batch_size, self.mode)
@@ -351,23 +399,35 @@ class Trainer:
     self.step = int(meta["step"])
     self.tokens = int(meta["tokens"])
     self._batches = iter(self._packed())
-    data_state = checkpoint.read_data_state(path)
+    if self._shards.count > 1:
+      data_state = checkpoint.read_data_shards(path, self._shards.local, self._shards.count)
+    else:
+      data_state = checkpoint.read_data_state(path)
     if data_state is not None:
       try:
         self._batches.set_state(data_state)
       except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / checkpoint.DATA_STATE_FILE}: does not fit this data "
-                              f"pipeline ({e}).") from e
+        where = (path / checkpoint.DATA_STATE_FILE if self._shards.count == 1 else
+                 f"{path} (data shards {list(self._shards.local)} of {self._shards.count})")
+        raise CheckpointError(f"{where}: its data state does not fit this data pipeline "
+                              f"({e}).") from e
     self.last_checkpoint = path
     return ts
 
   @property
   def learning_rate(self) -> float:
     """The learning rate in effect (the config's, unless rollbacks lowered it)."""
-    return float(optax.tree_utils.tree_get(self.train_state.opt_state, "learning_rate"))
+    lr = optax.tree_utils.tree_get(self.train_state.opt_state, "learning_rate")
+    if isinstance(lr, jax.Array) and not lr.is_fully_addressable:  # replicated on a mesh
+      lr = lr.addressable_data(0)
+    return float(lr)
 
   def _roll_back(self, metrics_file) -> None:
     """Restores the newest loadable checkpoint and lowers the learning rate.
+
+    Several processes: all call it together (the non-finite flag is agreed after every
+    chunk); they try process 0's list of checkpoints, newest first, and take the first that
+    every process restored (each its own data shards, as on resume).
 
     Raises:
       TrainingDivergedError: there is no checkpoint, or `max_rollbacks` rollbacks came
@@ -379,7 +439,7 @@ class Trainer:
               "values (NaN/Inf) and their updates were skipped")
     advice = (f"Lower train.learning_rate (now {self.learning_rate:g}), check the data and "
               "the brain/plasticity settings, or raise train.max_nonfinite_chunks.")
-    candidates = checkpoint.list_checkpoints(self.checkpoint_dir)[::-1]
+    candidates = self._rollback_candidates()
     if not candidates:
       raise TrainingDivergedError(
           f"{streak}, and {self.checkpoint_dir} holds no checkpoint to roll back to (the first "
@@ -393,44 +453,71 @@ class Trainer:
     old_lr, from_step = self.learning_rate, self.step
     new_lr = old_lr * float(t.rollback_lr_factor)
     for i, candidate in enumerate(candidates):
+      error = None
       try:
         ts = self._restore(candidate.path, checkpoint.read_metadata(candidate.path))
-        break
       except CheckpointError as e:
-        if i == len(candidates) - 1:
-          raise TrainingDivergedError(f"{streak}; no checkpoint could be restored, the last "
-                                      f"failure: {e}") from e
-        _say(f"Cannot roll back to {candidate.path} ({e}); trying an older checkpoint.")
+        error = e
+      if (self._multiprocess and not sharding.allgather_ints([error is None]).all()
+          and error is None):
+        error = CheckpointError(f"{candidate.path}: another process could not restore it (its "
+                                "log says why).")
+      if error is None:
+        break
+      if i == len(candidates) - 1:
+        raise TrainingDivergedError(f"{streak}; no checkpoint could be restored, the last "
+                                    f"failure: {error}") from error
+      _say(f"Cannot roll back to {candidate.path} ({error}); trying an older checkpoint.")
     self.train_state = self._place(_with_learning_rate(ts, new_lr))
     self.rollbacks += 1
     self._rollbacks_since_save += 1
     self._nonfinite_in_a_row = 0
-    self._truncate_metrics(self.step, keep_events=True)
-    record = {"step": self.step, "tokens": self.tokens, "event": "rollback",
-              "from_step": from_step, "checkpoint": str(self.last_checkpoint),
-              "learning_rate": new_lr, "previous_learning_rate": old_lr,
-              "rollbacks": self.rollbacks}
-    metrics_file.write(json.dumps(record) + "\n")
-    metrics_file.flush()
+    if self._primary:
+      self._truncate_metrics(self.step, keep_events=True)
+      record = {"step": self.step, "tokens": self.tokens, "event": "rollback",
+                "from_step": from_step, "checkpoint": str(self.last_checkpoint),
+                "learning_rate": new_lr, "previous_learning_rate": old_lr,
+                "rollbacks": self.rollbacks}
+      metrics_file.write(json.dumps(record) + "\n")
+      metrics_file.flush()
     _say(f"Rolled back to {self.last_checkpoint} (step {self.step}) after {streak}; "
          f"learning rate {old_lr:g} -> {new_lr:g} (rollback {self.rollbacks}).")
+
+  def _rollback_candidates(self) -> list[checkpoint.CheckpointInfo]:
+    """The checkpoints to roll back to, newest first; several processes: process 0's list."""
+    candidates = checkpoint.list_checkpoints(self.checkpoint_dir)[::-1]
+    if not self._multiprocess:
+      return candidates
+    count = int(sharding.broadcast_ints([len(candidates)])[0])
+    if not count:
+      return []
+    steps = sharding.broadcast_ints([c.step for c in candidates] if self._primary else [0] * count)
+    return [checkpoint.CheckpointInfo(checkpoint.checkpoint_path(self.checkpoint_dir, s), int(s))
+            for s in steps.tolist()]
 
   def _note_nonfinite(self, loss: float, metrics_file) -> None:
     """Logs a chunk whose update `train_chunk` skipped (line + metrics record)."""
     limit = int(self.config.train.max_nonfinite_chunks)
-    record = {"step": self.step, "tokens": self.tokens, "event": "nonfinite_skip",
-              "loss": loss if math.isfinite(loss) else None,
-              "in_a_row": self._nonfinite_in_a_row, "max_in_a_row": limit}
-    metrics_file.write(json.dumps(record) + "\n")
-    metrics_file.flush()
+    if metrics_file is not None:  # (process 0's)
+      record = {"step": self.step, "tokens": self.tokens, "event": "nonfinite_skip",
+                "loss": loss if math.isfinite(loss) else None,
+                "in_a_row": self._nonfinite_in_a_row, "max_in_a_row": limit}
+      metrics_file.write(json.dumps(record) + "\n")
+      metrics_file.flush()
     _say(f"step {self.step}: non-finite values (loss {loss}); update skipped "
          f"({self._nonfinite_in_a_row} of {limit} in a row before rolling back to the last "
          "checkpoint).")
 
-  def _packed(self) -> data.PackedBatches:
-    return data.PackedBatches(self._documents, self.tokenizer, batch_size=self.batch_size,
-                              seq_len=self.chunk_len,
-                              segment_tokens=int(self.config.data.max_seq_length))
+  def _packed(self) -> data.PackedBatches | data.PackedShards:
+    """This process's batches: all B streams, or the B/S streams of each of its data shards."""
+    segment_tokens = int(self.config.data.max_seq_length)
+    if self._shards.count == 1:
+      return data.PackedBatches(self._documents, self.tokenizer, batch_size=self.batch_size,
+                                seq_len=self.chunk_len, segment_tokens=segment_tokens)
+    shards = {s: data.shard_documents(self._documents, s, self._shards.count)
+              for s in self._shards.local}
+    return data.PackedShards(shards, self.tokenizer, batch_size=self.batch_size // self._shards.count,
+                             seq_len=self.chunk_len, segment_tokens=segment_tokens)
 
   def _signature(self) -> dict:
     """What must not change between a checkpoint and its resumption (JSON-normalised)."""
@@ -439,6 +526,8 @@ class Trainer:
     if self._dataset_kind == "config":
       source.update(files=d.files, dataset_name=d.dataset_name, split=d.split,
                     num_epochs=d.num_epochs)
+    if self._shards.count > 1:  # (absent when 1: checkpoints from before shards still match)
+      source["num_shards"] = self._shards.count
     signature = {"brain_config": checkpoint.config_to_dict(self.brain_config),
                  "plasticity_config": checkpoint.config_to_dict(self.plasticity_config),
                  "mode": self.mode, "batch_size": self.batch_size, "chunk_len": self.chunk_len,
@@ -497,86 +586,104 @@ class Trainer:
                          sharding.shard_batch(batch.targets_BxL, self.mesh))
 
   def train(self) -> TrainResult:
-    """Trains until `max_chunks`, the end of the data, or SIGINT/SIGTERM; saves at the end."""
+    """Trains until `max_chunks`, the end of the data, or SIGINT/SIGTERM; saves at the end.
+
+    Several processes run the same loop in step: after every chunk they agree (one small
+    all-gather) whether all have a next batch, whether any got a signal and whether the
+    chunk was finite everywhere, so all stop, save, return and roll back together. Only process 0 logs, shows progress and writes metrics.
+    """
     t = self.config.train
     max_chunks = int(t.max_chunks)
     interrupt = _Interrupt()
-    writer = SummaryWriter(os.fspath(self.run_dir / TENSORBOARD_DIR),
-                           purge_step=self.step + 1 if self.step else None)
     tokens_per_chunk = self.batch_size * self.chunk_len
     bar = tqdm.tqdm(total=max_chunks * tokens_per_chunk or None, initial=self.tokens, unit="tok",
-                    unit_scale=True, dynamic_ncols=True, disable=not sys.stderr.isatty())
+                    unit_scale=True, dynamic_ncols=True,
+                    disable=not (self._primary and sys.stderr.isatty()))
     run_loss, run_tokens = 0.0, 0
     interval = _Interval()
     stopped = "max_chunks"
     saved_step = self.step if self.last_checkpoint is not None else None
-    try:
-      with _handle_signals(interrupt), jax.default_device(self.device), \
-          open(self.run_dir / METRICS_FILE, "a") as metrics_file:
-        batch = None if max_chunks and self.step >= max_chunks else next(self._batches, None)
-        if batch is None and not (max_chunks and self.step >= max_chunks):
+    agreed_signal = None  # several processes: a signal any of them got, as agreed after a chunk
+    with contextlib.ExitStack() as stack:
+      writer = metrics_file = None
+      if self._primary:
+        writer = stack.enter_context(contextlib.closing(SummaryWriter(
+            os.fspath(self.run_dir / TENSORBOARD_DIR), purge_step=self.step + 1 if self.step else None)))
+        metrics_file = stack.enter_context(open(self.run_dir / METRICS_FILE, "a"))
+      stack.callback(bar.close)
+      stack.enter_context(_handle_signals(interrupt))
+      stack.enter_context(jax.default_device(self.device))
+      batch = None if max_chunks and self.step >= max_chunks else next(self._batches, None)
+      if self._multiprocess:
+        batch, _, agreed_signal, _ = self._agree(batch, 0, interrupt, True)
+      if batch is None and not (max_chunks and self.step >= max_chunks):
+        stopped = "end_of_data"
+      start = time.perf_counter()
+      while batch is not None:
+        ts, metrics = self._train_chunk(batch)
+        self.train_state = ts
+        # Host work while the device computes: the data state after this batch (only
+        # when a checkpoint may follow: it costs ~B x segment tokens of packing), the bytes
+        # of its text, the next batch.
+        last = bool(max_chunks) and self.step + 1 >= max_chunks
+        stop_signal = agreed_signal if self._multiprocess else interrupt.signal_name
+        may_save = last or stop_signal or (self.step + 1) % t.checkpoint_interval == 0
+        data_state = self._batches.get_state() if may_save else None
+        n_bytes = _utf8_bytes(self.tokenizer, batch.targets_BxL)
+        batch = None if last else next(self._batches, None)
+        metrics = jax.device_get(metrics)
+        finite = bool(metrics.finite)
+        if self._multiprocess:  # (a process whose data goes on saves its state one batch on)
+          batch, n_bytes, agreed_signal, finite = self._agree(batch, n_bytes, interrupt, finite)
+        if batch is None and data_state is None:  # the data ended: nothing more to resume
+          data_state = self._batches.get_state()
+        self.step += 1
+        self.tokens += tokens_per_chunk
+        now = time.perf_counter()
+        self._elapsed_s += now - start
+        start = now
+        loss = float(metrics.loss)
+        bar.update(tokens_per_chunk)
+        if not finite:  # train_chunk skipped the update (several processes: on any of them)
+          self._nonfinite_in_a_row += 1
+          self._note_nonfinite(loss, metrics_file)
+          if self._nonfinite_in_a_row >= int(t.max_nonfinite_chunks):
+            self._roll_back(metrics_file)
+            saved_step, interval = self.step, _Interval()
+            bar.n = self.tokens
+            batch = next(self._batches, None)
+            if self._multiprocess:  # as before the first chunk
+              batch, _, agreed_signal, _ = self._agree(batch, 0, interrupt, True)
+            stopped = "max_chunks" if batch is not None else "end_of_data"
+            start = time.perf_counter()
+            continue
+        else:
+          self._nonfinite_in_a_row = 0
+          run_loss, run_tokens = run_loss + loss * tokens_per_chunk, run_tokens + tokens_per_chunk
+          interval.add(metrics, tokens_per_chunk, n_bytes)
+          bar.set_postfix({"loss": f"{loss:.3f}", "avg": f"{run_loss / run_tokens:.3f}"},
+                          refresh=False)
+        if self.step % t.log_interval == 0 and interval.chunks:
+          self._log(interval, run_loss / run_tokens, writer, metrics_file)
+          interval = _Interval()
+        if batch is None and not last:
           stopped = "end_of_data"
-        start = time.perf_counter()
-        while batch is not None:
-          ts, metrics = self._train_chunk(batch)
-          self.train_state = ts
-          # Host work while the device computes: the data state after this batch (only
-          # when a checkpoint may follow: it costs ~B x segment tokens of packing), the bytes
-          # of its text, the next batch.
-          last = bool(max_chunks) and self.step + 1 >= max_chunks
-          may_save = last or interrupt.signal_name or (self.step + 1) % t.checkpoint_interval == 0
-          data_state = self._batches.get_state() if may_save else None
-          n_bytes = _utf8_bytes(self.tokenizer, batch.targets_BxL)
-          batch = None if last else next(self._batches, None)
-          if batch is None and data_state is None:  # the data ended: nothing more to resume
-            data_state = self._batches.get_state()
-          metrics = jax.device_get(metrics)
-          self.step += 1
-          self.tokens += tokens_per_chunk
-          now = time.perf_counter()
-          self._elapsed_s += now - start
-          start = now
-          loss = float(metrics.loss)
-          bar.update(tokens_per_chunk)
-          if not bool(metrics.finite):  # train_chunk skipped the update
-            self._nonfinite_in_a_row += 1
-            self._note_nonfinite(loss, metrics_file)
-            if self._nonfinite_in_a_row >= int(t.max_nonfinite_chunks):
-              self._roll_back(metrics_file)
-              saved_step, interval = self.step, _Interval()
-              bar.n = self.tokens
-              batch = next(self._batches, None)
-              stopped = "max_chunks" if batch is not None else "end_of_data"
-              start = time.perf_counter()
-              continue
-          else:
-            self._nonfinite_in_a_row = 0
-            run_loss, run_tokens = run_loss + loss * tokens_per_chunk, run_tokens + tokens_per_chunk
-            interval.add(metrics, tokens_per_chunk, n_bytes)
-            bar.set_postfix({"loss": f"{loss:.3f}", "avg": f"{run_loss / run_tokens:.3f}"},
-                            refresh=False)
-          if self.step % t.log_interval == 0 and interval.chunks:
-            self._log(interval, run_loss / run_tokens, writer, metrics_file)
-            interval = _Interval()
-          if batch is None and not last:
-            stopped = "end_of_data"
-          # No periodic checkpoint inside a streak of skipped chunks (a rollback then goes
-          # to the state before it); the last one and a signal's are written all the same.
-          if data_state is not None and self._nonfinite_in_a_row and not (
-              last or batch is None or interrupt.signal_name):
-            data_state = None
-          # A signal that came after `may_save` was decided is served after the next chunk.
-          if data_state is not None:
-            self.save_checkpoint(data_state, loss)
-            saved_step = self.step
-            if interrupt.signal_name:
-              stopped = interrupt.signal_name
-              break
-        if saved_step != self.step:  # nothing ran, or the data ended at a chunk boundary
-          self.save_checkpoint(self._batches.get_state(), float("nan"))
-    finally:
-      bar.close()
-      writer.close()
+        # Several processes: the signal as agreed (the same everywhere); one alone: as it is.
+        stop_signal = stop_signal if self._multiprocess else interrupt.signal_name
+        # No periodic checkpoint inside a streak of skipped chunks (a rollback then goes
+        # to the state before it); the last one and a signal's are written all the same.
+        if data_state is not None and self._nonfinite_in_a_row and not (
+            last or batch is None or stop_signal):
+          data_state = None
+        # A signal that came after `may_save` was decided is served after the next chunk.
+        if data_state is not None:
+          self.save_checkpoint(data_state, loss)
+          saved_step = self.step
+          if stop_signal:
+            stopped = stop_signal
+            break
+      if saved_step != self.step:  # nothing ran, or the data ended at a chunk boundary
+        self.save_checkpoint(self._batches.get_state(), float("nan"))
     mean_loss = run_loss / run_tokens if run_tokens else float("nan")
     if stopped.startswith("SIG"):
       _say(f"{stopped}: stopped at step {self.step}; checkpoint {self.last_checkpoint}. Run the "
@@ -584,8 +691,24 @@ class Trainer:
     return TrainResult(step=self.step, tokens=self.tokens, loss=mean_loss, stopped=stopped,
                        checkpoint=self.last_checkpoint)
 
+  def _agree(self, batch: data.Batch | None, n_bytes: int, interrupt: _Interrupt, finite: bool
+             ) -> tuple[data.Batch | None, int, str | None, bool]:
+    """Several processes: (the next batch if every process has one, else None; the bytes of
+    the chunk's text over all streams; the name of a signal any process got, else None;
+    whether the chunk was finite on every process, so that all count a non-finite chunk
+    and roll back together)."""
+    mine = [batch is not None, n_bytes if self._shards.writer else 0, interrupt.signum or 0,
+            bool(finite)]
+    rows = sharding.allgather_ints(mine)
+    signals = [int(s) for s in rows[:, 2] if s]
+    return (batch if rows[:, 0].all() else None, int(rows[:, 1].sum()),
+            signal.Signals(signals[0]).name if signals else None, bool(rows[:, 3].all()))
+
   def save_checkpoint(self, data_state: dict | None = None, loss: float = float("nan")) -> Path:
-    """Writes `checkpoint_step_{step}` (data state: the iterator's, unless given)."""
+    """Writes `checkpoint_step_{step}` (data state: the iterator's, unless given).
+
+    Several processes: all call it; each saves the data state of its own shards.
+    """
     if data_state is None:
       data_state = self._batches.get_state()
     metadata = {
@@ -595,23 +718,42 @@ class Trainer:
         "signature": self._signature(), "mode": self.mode, "chunk_len": self.chunk_len,
         "tokenizer": {"kind": type(self.tokenizer).__name__,
                       "vocab_size": self.tokenizer.vocab_size},
+        "processes": jax.process_count(),
     }
-    info = checkpoint.save(self.checkpoint_dir, self.train_state, rng=self._rng,
+    shards = {}
+    if self._shards.count > 1:
+      shards = {int(s): state for s, state in data_state.items()} if self._shards.writer else {}
+      data_state = None
+    rng = self._rng if self.mesh is None else sharding.replicate(self._rng, self.mesh)
+    info = checkpoint.save(self.checkpoint_dir, self.train_state, rng=rng,
                            data_state=data_state, tokenizer=self.tokenizer,
                            brain_config=self.brain_config, metadata=metadata,
-                           keep=int(self.config.train.keep_checkpoints))
+                           keep=int(self.config.train.keep_checkpoints), data_shards=shards,
+                           num_data_shards=self._shards.count)
     self.last_checkpoint = info.path
     self._rollbacks_since_save = 0
     return info.path
 
-  def _log(self, interval: _Interval, avg_loss: float, writer: SummaryWriter,
+  def _gate_means(self) -> tuple[float, float]:
+    """Mean thalamic and basal-ganglia gates over all streams (every process calls it)."""
+    bs = self.train_state.brain_state
+    if self.mesh is None:
+      thal_B, bg_B = jax.device_get((bs.thal_gate_B, bs.bg_gate_B))
+      return float(np.mean(thal_B)), float(np.mean(bg_B))
+    if self._gates_fn is None:  # the gates are split over 'data': reduce them on the mesh
+      self._gates_fn = jax.jit(lambda a, b: jnp.stack([jnp.mean(a), jnp.mean(b)]),
+                               out_shardings=NamedSharding(self.mesh, PartitionSpec()))
+    thal, bg = np.asarray(self._gates_fn(bs.thal_gate_B, bs.bg_gate_B)).tolist()
+    return thal, bg
+
+  def _log(self, interval: _Interval, avg_loss: float, writer: SummaryWriter | None,
            metrics_file) -> None:
     stats = interval.statistics(self.brain_config.area_names)
     stats.update(loss_avg=avg_loss, tokens=float(self.tokens),
                  learning_rate=self.learning_rate)
-    bs = jax.device_get(self.train_state.brain_state)
-    stats["gate/thalamus"] = float(np.mean(bs.thal_gate_B))
-    stats["gate/basal_ganglia"] = float(np.mean(bs.bg_gate_B))
+    stats["gate/thalamus"], stats["gate/basal_ganglia"] = self._gate_means()
+    if not self._primary:
+      return
     read_stats = getattr(self._batches, "stats", None)
     if read_stats is not None:  # documents read so far (the reader runs a little ahead)
       stats.update({f"data/{k}": float(v) for k, v in dataclasses.asdict(read_stats).items()})
@@ -717,12 +859,49 @@ def _sample_texts(documents: grain.IterDataset, max_chars: int) -> list[str]:
   return texts
 
 
+def _make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh | None:
+  """The run's ('data', 'model') mesh; None for the plain one-device path (a 1 x 1 mesh).
+
+  Several processes need a mesh over all their devices (data x model = every device).
+  """
+  mesh_cfg = config.get("mesh", None)
+  data_axis, model_axis = (int(mesh_cfg.data), int(mesh_cfg.model)) if mesh_cfg else (1, 1)
+  processes, devices = jax.process_count(), jax.device_count()
+  if processes > 1 and data_axis * model_axis != devices:
+    raise ConfigError(
+        f"{processes} processes hold {devices} devices, and the mesh (mesh.data={data_axis} x "
+        f"mesh.model={model_axis}) must use all of them: set --config.mesh.data={devices} "
+        f"(data parallel; train.batch_size a multiple of {devices}), or data x model = {devices}.")
+  try:
+    return (sharding.make_mesh(data_axis, model_axis) if data_axis * model_axis > 1 else None)
+  except ValueError as e:
+    raise ConfigError(f"config.mesh: {e}") from e
+
+
+def _on_primary(what: str, fn: Callable[[], object]) -> None:
+  """Runs `fn` on process 0 alone; every process returns once it is done.
+
+  The other processes wait for it, and fail (instead of hanging) when it failed.
+  """
+  error = None
+  if sharding.is_primary():
+    try:
+      fn()
+    except BaseException as e:  # pylint: disable=broad-except  # re-raised below
+      error = e
+  if jax.process_count() > 1 and not sharding.broadcast_ints([error is None])[0] and error is None:
+    raise ConfigError(f"process 0 failed while {what}; its log says why.")
+  if error is not None:
+    raise error
+
+
 def _pick_device(index: int) -> jax.Device:
-  gpus = [d for d in jax.devices() if d.platform == "gpu"]
+  """This process's device for unsharded arrays: local GPU `index`, else the first one."""
+  gpus = [d for d in jax.local_devices() if d.platform == "gpu"]
   if not gpus:
     if index:
-      _say(f"train.gpu_device={index} ignored: no GPU, running on {jax.devices()[0]}.")
-    return jax.devices()[0]
+      _say(f"train.gpu_device={index} ignored: no GPU, running on {jax.local_devices()[0]}.")
+    return jax.local_devices()[0]
   if index >= len(gpus):
     raise ConfigError(f"train.gpu_device={index}, but there are {len(gpus)} GPUs "
                       f"(0..{len(gpus) - 1}).")
@@ -747,11 +926,13 @@ class _Interrupt:
 
   def __init__(self):
     self.signal_name: str | None = None
+    self.signum: int | None = None
 
   def __call__(self, signum, frame):
     del frame
     if self.signal_name is not None:
       raise KeyboardInterrupt
+    self.signum = int(signum)
     self.signal_name = signal.Signals(signum).name
     _say(f"{self.signal_name}: saving a checkpoint after this chunk, then stopping "
          "(send it again to abort without saving).")
@@ -771,4 +952,6 @@ def _handle_signals(handler: _Interrupt) -> Iterator[None]:
 
 
 def _say(message: str) -> None:
-  tqdm.tqdm.write(message, file=sys.stderr)
+  """A line on stderr (process 0's only, when there are several)."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(message, file=sys.stderr)

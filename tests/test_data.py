@@ -435,3 +435,74 @@ def test_packing_a_grain_file_pipeline_reports_read_stats(tmp_path):
                                      batch_size=2, seq_len=3))
   next(iterator)
   assert iterator.stats.replacement_chars >= 1 and iterator.stats.empty_skipped >= 1
+
+
+# ------------------------------------------------------------------ shards (several hosts)
+
+
+def _sources(tmp_path, kind):
+  """TEXTS as a document source of `kind`; files hold 4, 8, 12 or 16 of them each."""
+  if kind == "list":
+    return TEXTS
+  if kind in ("4 files", "3 files"):
+    cuts = [0, 4, 12, 24, 40] if kind == "4 files" else [0, 10, 25, 40]
+    paths = [write_jsonl(tmp_path / f"{i}.jsonl", TEXTS[a:b])
+             for i, (a, b) in enumerate(zip(cuts, cuts[1:]))]
+    return data.FileDocuments(paths)
+  datasets = pytest.importorskip("datasets")
+  return data.HFDocuments(datasets.Dataset.from_dict({"text": TEXTS}).to_iterable_dataset(
+      num_shards=4))
+
+
+@pytest.mark.parametrize("kind", ["list", "4 files", "3 files", "hf"])
+@pytest.mark.parametrize("count", [2, 3])
+def test_shards_are_disjoint_and_hold_every_document(tmp_path, kind, count):
+  documents = _sources(tmp_path, kind)
+  shards = [list(data.shard_documents(documents, i, count)) for i in range(count)]
+  assert sorted(sum(shards, [])) == sorted(TEXTS)
+  if kind == "list" or (kind == "3 files" and count == 2):  # by document: every count-th one
+    assert shards == [TEXTS[i::count] for i in range(count)]
+  if kind == "4 files" and count == 2:  # by file: files 0 and 2, files 1 and 3
+    assert shards == [TEXTS[0:4] + TEXTS[12:24], TEXTS[4:12] + TEXTS[24:40]]
+  assert list(data.shard_documents(documents, 0, 1)) == TEXTS
+
+
+def test_sharded_documents_resume_exactly():
+  shard = data.ShardedDocuments(data.TextDocuments(TEXTS), 1, 3)
+  iterator = iter(shard)
+  head = [next(iterator) for _ in range(4)]
+  state = json.loads(json.dumps(iterator.get_state()))
+  resumed = iter(shard)
+  resumed.set_state(state)
+  assert head + list(resumed) == head + list(iterator) == TEXTS[1::3]
+  with pytest.raises(ValueError, match=r"shard index 3 is not in \[0, 3\)"):
+    data.shard_documents(TEXTS, 3, 3)
+
+
+def test_packed_shards_are_the_shards_side_by_side_and_resume_per_shard():
+  """What S hosts read, one host reads side by side; each shard's state alone resumes it."""
+  def shard(i):
+    return data.shard_documents(TEXTS, i, 2)
+  both = data.PackedShards({1: shard(1), 0: shard(0)}, ByteTokenizer(), batch_size=2, seq_len=5,
+                           segment_tokens=7)
+  alone = [data.PackedBatches(shard(i), ByteTokenizer(), batch_size=2, seq_len=5, segment_tokens=7)
+           for i in range(2)]
+  for (inputs, targets), (in0, tg0), (in1, tg1) in zip(batches(both, 6), batches(alone[0], 6),
+                                                       batches(alone[1], 6)):
+    assert inputs.shape == (4, 5)
+    np.testing.assert_array_equal(inputs, np.concatenate([in0, in1]))
+    np.testing.assert_array_equal(targets, np.concatenate([tg0, tg1]))
+  iterator = iter(both)
+  for _ in range(3):
+    next(iterator)
+  state = json.loads(json.dumps(iterator.get_state()))
+  assert sorted(state) == ["0", "1"]
+  expected = [next(iterator) for _ in range(3)]
+  # Shard 1 on its own (process 1 of a two-host run) resumes from its part of the state.
+  second = iter(data.PackedShards({1: shard(1)}, ByteTokenizer(), batch_size=2, seq_len=5,
+                                  segment_tokens=7))
+  second.set_state({"1": state["1"]})
+  for want in expected:
+    np.testing.assert_array_equal(next(second).inputs_BxL, want.inputs_BxL[2:])
+  with pytest.raises(ValueError, match=r"no shard \['1'\]"):
+    second.set_state({"0": state["0"]})

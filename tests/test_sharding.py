@@ -323,6 +323,33 @@ def test_single_process_needs_no_distributed_setup(monkeypatch):
   np.testing.assert_array_equal(np.asarray(sharding.shard_batch(tokens, mesh)), tokens)
 
 
+def test_a_single_process_cluster_step_needs_no_distributed_setup(monkeypatch):
+  """Under `srun -n 1` jax's SLURM detection applies but there is nobody to join."""
+  from neurogen_jax import sharding
+
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in dict(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="node001", SLURM_NTASKS="1",
+                          SLURM_PROCID="0", SLURM_LOCALID="0").items():
+    monkeypatch.setenv(name, value)
+  assert sharding.detected_cluster() == ("slurm", 1)
+  assert sharding.initialize_distributed() is False
+  monkeypatch.setenv("SLURM_NTASKS", "2")
+  assert sharding.detected_cluster() == ("slurm", 2)
+  assert sharding.initialize_distributed(detect_cluster=False) is False  # asked not to look
+
+
+def test_data_shards_of_one_process():
+  from neurogen_jax import sharding
+
+  assert sharding.data_shards(None, 8) == sharding.DataShards(1, (0,), True)
+  assert sharding.data_shards(sharding.make_mesh(1, 1), 8) == sharding.DataShards(1, (0,), True)
+  # One process reading the shards of a 4-host run side by side.
+  assert sharding.data_shards(None, 8, num_shards=4) == sharding.DataShards(4, (0, 1, 2, 3), True)
+  with pytest.raises(ValueError, match="num_shards=3 must divide the batch of 8 streams"):
+    sharding.data_shards(None, 8, num_shards=3)
+
+
 def _assert_equal_to_single_device(run: dict) -> None:
   assert run["loss_err"] < LOSS_TOL, run
   assert run["off_fraction"] <= OFF_FRACTION_TOL, run

@@ -12,7 +12,10 @@ Sections (read by `neurogen_jax.train.Trainer`):
               'bytes' = ByteTokenizer, else the path of a saved tokenizer), vocab_size,
               sample_chars (also the sample of the unigram readout bias), max_seq_length
               (documents reach the streams in segments of at most this many tokens, each
-              followed by eos), num_epochs (passes over local files, 0 = endless)
+              followed by eos), num_epochs (passes over local files, 0 = endless),
+              num_shards (0 = one per host: each host reads its own shard of the documents
+              into its own streams; S > 0 splits the stream into S shards feeding B/S
+              streams each, so one host with S = 2 sees the batches of a 2-host run)
   train:      mode ('local' rules or the 'bptt' control), batch_size (B streams),
               tokens_per_chunk, chunk_len (L tokens per stream per chunk; by default
               tokens_per_chunk // batch_size), max_chunks (0 = until the data ends),
@@ -84,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
       sample_chars=20_000_000,
       max_seq_length=2048,
       num_epochs=1,
+      num_shards=0,
   ))
   config.train = ml_collections.ConfigDict(dict(
       mode="local",
@@ -103,7 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   # The device mesh: data x model; 1 x 1 is one device (train.gpu_device). Data parallel
   # splits the B streams (batch_size must divide by `data`); model parallel splits the
-  # neuron blocks (docs/SHARDING.md).
+  # neuron blocks (docs/SHARDING.md). Several hosts: data x model = all their devices.
   config.mesh = ml_collections.ConfigDict(dict(data=1, model=1))
   config.train.chunk_len = (config.train.get_ref("tokens_per_chunk")
                             // config.train.get_ref("batch_size"))
