@@ -90,7 +90,7 @@ def run_long(tokens: int, record_every: int, batch_size: int | None = None,
   areas = brain_config.area_names
 
   documents = data.make_documents(config.data, num_epochs=None)  # endless passes
-  sample = "".join(_first_chars(documents, int(config.data.sample_chars)))
+  sample = "".join(train_lib.sample_texts(documents, int(config.data.sample_chars)))
   batches = iter(data.PackedBatches(documents, tokenizer, batch_size=batch_size,
                                     seq_len=chunk_len,
                                     segment_tokens=int(config.data.max_seq_length)))
@@ -153,16 +153,6 @@ def run_long(tokens: int, record_every: int, batch_size: int | None = None,
       "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
   }
   return {"settings": settings, "records": records, "summary": summary}
-
-
-def _first_chars(documents, max_chars: int) -> list[str]:
-  texts, total = [], 0
-  for text in documents:
-    texts.append(text[:max_chars - total])
-    total += len(texts[-1])
-    if total >= max_chars:
-      break
-  return texts
 
 
 def main(argv: list[str]) -> None:

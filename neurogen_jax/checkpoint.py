@@ -536,6 +536,18 @@ def abstract_train_state(config: BrainConfig, pcfg: PlasticityConfig, optimizer,
   return jax.eval_shape(init, jax.random.PRNGKey(0))
 
 
+def restore_training_run(path: str | os.PathLike, *, device: jax.Device | None = None
+                         ) -> tuple[TrainState, jax.Array]:
+  """(TrainState, rng) of a checkpoint written by the Trainer, rebuilt from its metadata
+  alone (brain and plasticity configs, optimizer, batch size and mode)."""
+  meta = read_metadata(path)
+  brain_config = config_from_dict(BrainConfig, meta["brain_config"])
+  pcfg = config_from_dict(PlasticityConfig, meta["signature"]["plasticity_config"])
+  optimizer = learning.make_optimizer(meta["config"]["train"]["learning_rate"])
+  abstract = abstract_train_state(brain_config, pcfg, optimizer, meta["batch_size"], meta["mode"])
+  return restore(path, abstract, device=device)
+
+
 def restore(path: str | os.PathLike, abstract: TrainState, *, device: jax.Device | None = None,
             verify_files: bool = True) -> tuple[TrainState, jax.Array]:
   """(train state, raw RNG key) of checkpoint `path`, bit-exact.

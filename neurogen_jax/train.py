@@ -275,7 +275,7 @@ class Trainer:
     init_from = checkpoint.find_checkpoint(self.config.init_from) if self.config.init_from else None
     sample = None
     if init_from is None:  # every process: the readout bias is computed from it
-      sample = _sample_texts(self._documents, int(self.config.data.sample_chars))
+      sample = sample_texts(self._documents, int(self.config.data.sample_chars))
     _on_primary("making the tokenizer", lambda: self._make_tokenizer_from(init_from, sample).save(
         self.run_dir / TOKENIZER_DIR))
     self.tokenizer = tokenizer_lib.load_tokenizer(self.run_dir / TOKENIZER_DIR)
@@ -845,8 +845,9 @@ def _documents(data_cfg: ml_collections.ConfigDict) -> grain.IterDataset:
   return data.make_documents(data_cfg, num_epochs=num_epochs)
 
 
-def _sample_texts(documents: grain.IterDataset, max_chars: int) -> list[str]:
-  """The first `max_chars` characters of the documents (a separate iterator)."""
+def sample_texts(documents: grain.IterDataset, max_chars: int) -> list[str]:
+  """The first `max_chars` characters of the documents (a separate iterator): the
+  tokenizer's training sample."""
   texts, total = [], 0
   for text in documents:
     texts.append(text[:max_chars - total])

@@ -31,8 +31,6 @@ import pytest
 from experiments.configs import tiny
 from neurogen_jax import checkpoint, learning
 from neurogen_jax import train as train_lib
-from neurogen_jax.config import BrainConfig
-from neurogen_jax.plasticity import PlasticityConfig
 
 TEXTS = ["Alpha beta gamma delta. " * 20, "Second document; with more words. " * 10] * 8
 
@@ -245,14 +243,7 @@ def _half_written_save(root):
       if root.is_dir() else []
 
 
-def _restore_cli_checkpoint(path):
-  meta = checkpoint.read_metadata(path)
-  brain_config = checkpoint.config_from_dict(BrainConfig, meta["brain_config"])
-  pcfg = checkpoint.config_from_dict(PlasticityConfig, meta["signature"]["plasticity_config"])
-  optimizer = learning.make_optimizer(meta["config"]["train"]["learning_rate"])
-  abstract = checkpoint.abstract_train_state(brain_config, pcfg, optimizer, meta["batch_size"],
-                                             meta["mode"])
-  return checkpoint.restore(path, abstract)
+_restore_cli_checkpoint = checkpoint.restore_training_run
 
 
 def _deterministic(records):
