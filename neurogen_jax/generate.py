@@ -42,7 +42,7 @@ def generate(params: Params, state: BrainState, config: BrainConfig, prompt_ids:
     state: a one-stream brain state (see `inference_state`).
     config: the brain's config (static).
     prompt_ids: at least one token id in [0, config.vocab_size).
-    max_length: number of tokens to generate (>= 0).
+    max_length: number of tokens to generate (>= 1).
     temperature: softmax temperature (> 0), or 0 for greedy (argmax) decoding.
     top_k: sample among the k most likely tokens only (0 = all of them).
     seed: sampling seed; the same inputs and seed give the same tokens.
@@ -54,7 +54,7 @@ def generate(params: Params, state: BrainState, config: BrainConfig, prompt_ids:
     ValueError: an argument is out of range (the message says which and why).
   """
   prompt = _check_prompt(prompt_ids, config.vocab_size)
-  _check_int("max_length", max_length, 0)
+  _check_int("max_length", max_length, 1)
   _check_int("top_k", top_k, 0, config.vocab_size)
   _check_int("seed", seed, None)
   if (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
@@ -64,8 +64,6 @@ def generate(params: Params, state: BrainState, config: BrainConfig, prompt_ids:
   if streams != 1:
     raise ValueError(f"generate needs a one-stream brain state, got {streams} streams; pass "
                      "inference_state(config, state).")
-  if max_length == 0:
-    return []
   greedy = temperature == 0
   tokens = _generate(params, state, jnp.asarray(prompt, jnp.int32), jax.random.PRNGKey(seed),
                      jnp.float32(1.0 if greedy else temperature), config=config,

@@ -51,7 +51,8 @@ def test_model_generate_rejects_bad_prompts(model, prompt, message):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(max_length=-1), "max_length must be >= 0, got -1"),
+    (dict(max_length=-1), "max_length must be >= 1, got -1"),
+    (dict(max_length=0), "max_length must be >= 1, got 0"),
     (dict(max_length=1.5), r"max_length must be an integer, got 1.5"),
     (dict(temperature=-0.1), r"temperature must be a finite number >= 0 \(0 = greedy\), got -0.1"),
     (dict(temperature=float("inf")), "temperature must be a finite number >= 0"),
@@ -63,11 +64,10 @@ def test_model_generate_rejects_bad_arguments(model, kwargs, message):
     model.generate([1, 2], **kwargs)
 
 
-def test_model_generate_takes_a_batch_of_one_and_max_length_zero(model):
+def test_model_generate_takes_a_batch_of_one(model):
   flat = model.generate([72, 105], max_length=3, temperature=0)
   assert len(flat) == 3 and all(0 <= t < V for t in flat)
   assert model.generate(np.array([[72, 105]], np.int64), max_length=3, temperature=0) == flat
-  assert model.generate([72, 105], max_length=0) == []
 
 
 def test_model_train_step_rejects_bad_shapes_and_dtypes(model):

@@ -81,8 +81,9 @@ def test_bad_inputs_are_clear_errors():
     model.generate([1, 2], max_length=3, temperature=-1.0)
   with pytest.raises(ValueError):
     model.generate([], max_length=3)
-  with pytest.raises(ValueError):
-    model.generate([1], max_length=0 - 1)
+  for bad in (0, -1):
+    with pytest.raises(ValueError, match=f"max_length must be >= 1, got {bad}"):
+      model.generate([1], max_length=bad)
 
 
 def test_missing_device_lists_the_devices():

@@ -250,7 +250,8 @@ def test_generate_library(straight):
     st, logits, _ = brain.cognitive_step(loaded.params, st, np.asarray([expected[-1]]),
                                          loaded.config, collect=False)
   assert greedy == expected
-  assert generate_lib.generate(loaded.params, state, loaded.config, prompt, max_length=0) == []
+  with pytest.raises(ValueError, match="max_length must be >= 1, got 0"):
+    generate_lib.generate(loaded.params, state, loaded.config, prompt, max_length=0)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -260,7 +261,7 @@ def test_generate_library(straight):
     (dict(temperature=-0.5), "temperature must be a finite number >= 0"),
     (dict(temperature=float("nan")), "temperature must be a finite number >= 0"),
     (dict(top_k=258), r"top_k must be <= 257"),
-    (dict(max_length=-1), "max_length must be >= 0"),
+    (dict(max_length=-1), "max_length must be >= 1"),
     (dict(max_length=2.5), "max_length must be an integer"),
 ])
 def test_generate_rejects_bad_input(straight, kwargs, message):
