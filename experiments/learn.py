@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import glob
 import hashlib
 import json
 import math
@@ -56,6 +55,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 from neurogen_jax import baselines, brain, corpus, evaluate, learning, readout  # noqa: E402
+from neurogen_jax import data as data_lib  # noqa: E402
 from neurogen_jax.config import BrainConfig, seed_phases  # noqa: E402
 from neurogen_jax.metrics import EvalResult, format_table  # noqa: E402
 from neurogen_jax.plasticity import PlasticityConfig  # noqa: E402
@@ -208,31 +208,30 @@ def prepare_data(train_files: list[Path], heldout_files: list[Path], cache: Path
 def replace_training_text(data: Data, key: str, patterns: list[str], cache: Path) -> tuple[Data, str]:
   """Training ids/text from local files (the plays' tokenizer; held-out unchanged).
 
-  Files are read as UTF-8 with replacement (the count of replaced characters is printed),
-  empty files are skipped; the encoded ids are cached under a key of the files' digest.
+  The files are read by `data.FileDocuments` (any supported format; invalid UTF-8
+  replaced and counted, empty documents skipped); the encoded ids are cached under the
+  files' digest, which is returned.
   """
-  files = sorted({Path(f) for p in patterns for f in (glob.glob(p) or [p])})
-  missing = [str(f) for f in files if not f.is_file()]
-  if missing:
-    raise app.UsageError(f"--train_files: no such file(s) {missing[:5]}")
-  docs, replaced = [], 0
-  for f in files:
-    text = f.read_bytes().decode("utf-8", errors="replace")
-    replaced += text.count("\ufffd")
-    if text.strip():
-      docs.append(text)
+  try:
+    files = data_lib.resolve_files(patterns)
+    documents = iter(data_lib.FileDocuments(files))
+    docs = list(documents)
+  except data_lib.DataSourceError as e:
+    raise app.UsageError(f"--train_files: {e}") from e
   if not docs:
     raise app.UsageError(f"--train_files: all {len(files)} file(s) are empty")
-  sub_key = f"{key}-train{corpus_digest(files)}"
-  ids_file = cache / key / f"train_ids_{corpus_digest(files)}.npy"
+  digest = corpus_digest(files)
+  ids_file = cache / key / f"train_ids_{digest}.npy"
   if ids_file.is_file():
     train_ids = np.load(ids_file)
   else:
     train_ids, _ = evaluate.encode_documents(data.tokenizer, docs)
     np.save(ids_file, train_ids)
-  log(f"[data] --train_files: {len(docs)} of {len(files)} files, {len(train_ids):,} tokens, "
-      f"{replaced} bytes replaced (not UTF-8)")
-  return data._replace(train_ids=train_ids, train_text="".join(docs)), sub_key
+  stats = documents.stats
+  log(f"[data] --train_files: {stats.documents} documents from {len(files)} files "
+      f"({stats.empty_skipped} empty skipped), {len(train_ids):,} tokens, "
+      f"{stats.replacement_chars} bytes replaced (not UTF-8)")
+  return data._replace(train_ids=train_ids, train_text="".join(docs)), digest
 
 
 def baseline_rows(data: Data, test_ids: np.ndarray, test_text: str, cache_file: Path) -> list[EvalResult]:
@@ -300,8 +299,9 @@ def main(argv):
 
   train_files, heldout_files = read_split(corpus_dir)
   data, key = prepare_data(train_files, heldout_files, cache)
+  train_digest = ""  # of --train_files: names their baselines and is part of the results' key
   if _TRAIN_FILES.value:
-    data, key = replace_training_text(data, key, _TRAIN_FILES.value, cache)
+    data, train_digest = replace_training_text(data, key, _TRAIN_FILES.value, cache)
   vocab = data.tokenizer.vocab_size
   test_ids, test_text = evaluate.truncate_tokens(data.tokenizer, data.heldout_ids, data.heldout_text,
                                                  _EVAL_TOKENS.value)
@@ -310,9 +310,10 @@ def main(argv):
   log(f"[data] train {len(data.train_ids):,} tokens / {train_bytes:,} bytes "
       f"({len(train_files)} texts); held-out scored {len(test_ids):,} of {len(data.heldout_ids):,} "
       f"tokens / {test_bytes:,} bytes ({len(heldout_files)} texts)")
-  base_dir = cache / key.split("-train")[0]
-  suffix = "" if "-train" not in key else "_" + key.split("-train")[1]
-  base = baseline_rows(data, test_ids, test_text, base_dir / f"baselines_{len(test_ids)}{suffix}.json")
+  suffix = f"_{train_digest}" if train_digest else ""
+  base = baseline_rows(data, test_ids, test_text, cache / key / f"baselines_{len(test_ids)}{suffix}.json")
+  if train_digest:
+    key = f"{key}-train{train_digest}"
   log(format_table(base))
   t_setup = time.perf_counter() - t_start
 

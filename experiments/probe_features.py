@@ -130,10 +130,10 @@ def ngram_baselines(y_prev_train, y_train, y_prev_held, y_held, vocab) -> dict:
   uni = np.bincount(y_train, minlength=vocab) + 0.5
   uni = uni / uni.sum()
   out = {"unigram": float(-np.mean(np.log(uni[y_held])))}
+  big = {}
+  for a, b in zip(y_prev_train, y_train):
+    big.setdefault(int(a), np.zeros(vocab))[b] += 1
   for k in (0.01, 0.1):
-    big = {}
-    for a, b in zip(y_prev_train, y_train):
-      big.setdefault(int(a), np.zeros(vocab))[b] += 1
     nll = []
     for a, b in zip(y_prev_held, y_held):
       row = big.get(int(a))

@@ -56,5 +56,5 @@ def test_passes_and_train_files(tmp_path, corpus_dir):
   uni = {r["name"]: r["bits_per_byte"] for r in two["rows"]}["unigram (add-one)"]
   assert two["model"]["bits_per_byte"] < uni - 0.1, (two["model"], uni)
   own, log = _learn(tmp_path / "files", plays, f"--train_files={extra}/*.txt", "--max_tokens=512")
-  assert "2 of 3 files" in log and "bytes replaced" in log
+  assert "2 documents from 3 files (1 empty skipped)" in log and "bytes replaced" in log
   assert own["train_tokens"] != one["train_tokens"]
