@@ -60,9 +60,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
-from neurogen_jax import brain, learning
+from neurogen_jax import brain, learning, sharding
 from neurogen_jax import tokenizer as tokenizer_lib
 from neurogen_jax.brain import BrainState, Params
 from neurogen_jax.config import BrainConfig
@@ -196,7 +195,7 @@ def save(checkpoint_dir: str | os.PathLike, train_state: TrainState, *, rng: jax
     The new checkpoint. A checkpoint of the same step is replaced.
   """
   root = Path(checkpoint_dir)
-  primary = jax.process_index() == 0
+  primary = sharding.is_primary()
   step = int(jax.device_get(train_state.step))
   final = checkpoint_path(root, step)
   tmp = root / f"{_TMP_PREFIX}{final.name}-{_shared_token()}"
@@ -295,9 +294,7 @@ def _finish(tmp: Path, final: Path, *, data_state, tokenizer, brain_config, meta
 
 def _primary_succeeded(ok: bool) -> bool:
   """Process 0's `ok`, on every process (a barrier); `ok` itself when alone."""
-  if jax.process_count() == 1:
-    return ok
-  return bool(np.asarray(multihost_utils.broadcast_one_to_all(np.asarray([int(ok)], np.int64)))[0])
+  return bool(sharding.broadcast_ints([ok])[0])
 
 
 def data_state_file(shard: int, num_shards: int) -> str:
@@ -307,17 +304,12 @@ def data_state_file(shard: int, num_shards: int) -> str:
 
 def _all_succeeded(ok: bool) -> bool:
   """Whether `ok` on every process (an all-gather, so a barrier); `ok` itself when alone."""
-  if jax.process_count() == 1:
-    return ok
-  oks = multihost_utils.process_allgather(np.asarray([int(ok)], np.int64))
-  return bool(np.asarray(oks).all())
+  return bool(sharding.allgather_ints([ok]).all())
 
 
 def _shared_token() -> str:
   """A random name part, the same on every process (process 0 draws it)."""
-  token = np.asarray([int.from_bytes(os.urandom(4), "little")], np.int64)
-  if jax.process_count() > 1:
-    token = np.asarray(multihost_utils.broadcast_one_to_all(token))
+  token = sharding.broadcast_ints([int.from_bytes(os.urandom(4), "little")])
   return f"{os.getpid() if jax.process_count() == 1 else 'p0'}-{int(token[0]):08x}"
 
 

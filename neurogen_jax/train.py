@@ -319,9 +319,10 @@ class Trainer:
       return
     probe = self.tokenizer.encode("The tokenizer of every process: é, 漢字, \n\t 0123.")
     digest = [self.tokenizer.vocab_size, zlib.crc32(np.asarray(probe, np.int64).tobytes())]
-    if len({tuple(row) for row in sharding.allgather_ints(digest).tolist()}) > 1:
+    rows = sharding.allgather_ints(digest).tolist()
+    if len({tuple(row) for row in rows}) > 1:
       raise ConfigError(f"the processes do not share one tokenizer (vocabulary, crc of a probe "
-                        f"text: {sharding.allgather_ints(digest).tolist()}); is "
+                        f"text: {rows}); is "
                         f"{self.run_dir / TOKENIZER_DIR} on a file system all hosts share?")
 
   def _make_tokenizer(self, sample: list[str]):
