@@ -3,9 +3,11 @@
 Two modes:
 - `local` (default): the brain runs forward only. Per token, the readout (w_out, b_out)
   and the output side of the embedding get their cross-entropy gradient from Broca's
-  features (no gradient through the spikes); the brain's own weights (tiles, w_in) learn
-  by the local rules of `plasticity` (e-prop signal, STDP, dopamine, tagging,
-  homeostasis, replay). Gradients are summed over the chunk and applied once by optax.
+  features (no gradient through the spikes); the tiles learn by the local rules of
+  `plasticity` (e-prop signal, STDP, dopamine, tagging, homeostasis, replay), per token;
+  the input projection w_in and the input side of the embedding get the e-prop gradient
+  estimate (zero with e-prop off). Gradients are averaged over the chunk and applied once
+  by optax.
 - `bptt`: surrogate-gradient truncated backprop through `cognitive_step` over the chunk,
   for every trainable parameter (tiles and w_in included): the control that tells what
   the local rules leave on the table.
@@ -25,7 +27,7 @@ from neurogen_jax.brain import BrainState, Params
 from neurogen_jax.config import BrainConfig
 from neurogen_jax.plasticity import PlasticityConfig, PlasticState
 
-TRAINABLE_LOCAL = ("w_out", "b_out", "embed")
+TRAINABLE_LOCAL = ("w_in", "w_out", "b_out", "embed")
 TRAINABLE_BPTT = ("tiles", "w_in", "w_out", "b_out", "embed")
 
 
@@ -77,24 +79,33 @@ class ChunkMetrics(NamedTuple):
 
 def _local_chunk(config, pcfg, ts: TrainState, inputs_BxL, targets_BxL, axis_name=None):
   collect = pcfg.any_brain_rule
+  p0 = ts.params
+  # The chunk's e-prop gradient estimates for the input side, summed over its tokens.
+  g_in0 = (jnp.zeros(p0.w_in.shape, jnp.float32), jnp.zeros(p0.embed.shape, jnp.float32))
 
   def body(carry, xs):
-    params, bstate, pstate = carry
+    params, bstate, pstate, (g_w_in, g_embed) = carry
     tok_B, tgt_B = xs
     bstate, logits_BxV, aux = brain.cognitive_step(params, bstate, tok_B, config, collect=collect)
     ce_B = readout.cross_entropy(logits_BxV, tgt_B)
-    params, bstate, pstate, pstats = plasticity.apply(config, pcfg, params, bstate, pstate, aux,
-                                                      logits_BxV, tgt_B, ce_B, tok_B, axis_name)
+    params, bstate, pstate, pstats, in_g = plasticity.apply(
+        config, pcfg, params, bstate, pstate, aux, logits_BxV, tgt_B, ce_B, tok_B, axis_name)
+    if in_g is not None:
+      g_w_in = g_w_in + in_g.w_in_DxNin
+      g_embed = g_embed.at[in_g.tokens_B].add(in_g.embed_rows_BxD)
     correct_B = (jnp.argmax(logits_BxV, -1) == tgt_B).astype(jnp.float32)
     rate_A = jnp.mean(aux.rates_PxA, axis=0)
     feats = aux.features_BxNr.astype(jnp.bfloat16)
-    return (params, bstate, pstate), (ce_B, correct_B, rate_A, pstats, feats)
+    return (params, bstate, pstate, (g_w_in, g_embed)), (ce_B, correct_B, rate_A, pstats, feats)
 
-  (params, bstate, pstate), (ce_LxB, cor_LxB, rate_LxA, pstats, feats_LxBxNr) = jax.lax.scan(
-      body, (ts.params, ts.brain_state, ts.plastic), (inputs_BxL.T, targets_BxL.T))
+  (params, bstate, pstate, (g_w_in, g_embed)), (ce_LxB, cor_LxB, rate_LxA, pstats, feats_LxBxNr) = (
+      jax.lax.scan(body, (ts.params, ts.brain_state, ts.plastic, g_in0), (inputs_BxL.T, targets_BxL.T)))
   # The readout learns from the whole chunk at once: one [L*B] minibatch of Broca features.
   feats = feats_LxBxNr.reshape(-1, feats_LxBxNr.shape[-1]).astype(jnp.float32)
   grads = jax.grad(_readout_loss)(trainable(params, "local"), feats, targets_BxL.T.reshape(-1))
+  n_tok = inputs_BxL.shape[1]
+  grads["w_in"] = grads["w_in"] + g_w_in / n_tok
+  grads["embed"] = grads["embed"] + g_embed / n_tok
   return params, bstate, pstate, grads, ce_LxB, cor_LxB, rate_LxA, pstats
 
 

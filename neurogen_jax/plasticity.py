@@ -16,15 +16,22 @@ Mechanisms (each switched by a `PlasticityConfig` flag, each reported in the sta
    scaling per post-synaptic neuron.
 5. Replay: the hippocampus keeps recent (Broca features, pre/post factors, target)
    episodes and re-presents a few every `replay_every` tokens to the readout and pathways.
-Plus e-prop: the output error broadcast through a fixed random feedback matrix is each
-neuron's learning signal; with the pseudo-derivative and pre-synaptic traces it trains
-pathway tiles and the input projection (and the input side of the embedding).
+Plus e-prop: each neuron's learning signal is the output error broadcast through a fixed
+random feedback matrix (`eprop_feedback="random"`), or, for the readout area, the readout's
+own gradient with respect to its input features (symmetric e-prop, still local in time:
+no gradient flows through the spikes), the other areas keeping the random signal
+(`"symmetric"`) or getting none (`"readout"`, the default: with the input side trained by
+Adam, the random signals' noise measured harmful, docs/LEARNING.md); `eprop_areas`
+further limits which areas get a signal. With the pseudo-derivative and pre-synaptic traces the signal trains the
+pathway tiles (here, per token) and gives a gradient estimate for the input projection
+and the input side of the embedding, which `apply` returns (`InputGrads`) for the
+optimizer: those two are trained by optax like the readout, not by a rate of their own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +60,8 @@ class PlasticityConfig:
   homeostasis: bool = True
   replay: bool = True
   eprop_lr: float = 3.0
-  input_lr: float = 1e-3
+  eprop_feedback: Literal["random", "symmetric", "readout"] = "readout"
+  eprop_areas: tuple[str, ...] | None = None  # None: every area gets a learning signal
   stdp_lr: float = 0.01
   stdp_ltd: float = 1.05
   dopamine_lr: float = 0.05
@@ -75,6 +83,15 @@ class PlasticityConfig:
   replay_batch: int = 8
   replay_lr: float = 0.01
   feedback_seed: int = 17
+
+  def __post_init__(self):
+    if self.eprop_feedback not in ("random", "symmetric", "readout"):
+      raise ValueError(f"eprop_feedback must be 'random', 'symmetric' or 'readout', got "
+                       f"{self.eprop_feedback!r}")
+    if self.eprop_areas is not None and (isinstance(self.eprop_areas, str)
+                                         or not all(isinstance(a, str) for a in self.eprop_areas)):
+      raise ValueError(f"eprop_areas must be a tuple of area names (or None for all), got "
+                       f"{self.eprop_areas!r}")
 
   @property
   def any_brain_rule(self) -> bool:
@@ -112,6 +129,19 @@ class PlasticState(NamedTuple):
   update_scale: jax.Array
   in_mean_2xN: jax.Array
   count: jax.Array
+
+
+class InputGrads(NamedTuple):
+  """One token's e-prop gradient estimate for the input side, summed over the local streams
+  and divided by their number (a mean, like the readout's gradient).
+
+  w_in_DxNin: for the input projection. embed_rows_BxD, tokens_B: for the embedding rows of
+  the tokens just read (row b goes to `tokens_B[b]`; rows are already divided by B).
+  """
+
+  w_in_DxNin: jax.Array
+  embed_rows_BxD: jax.Array
+  tokens_B: jax.Array
 
 
 def weight_unit(config: BrainConfig) -> float:
@@ -175,14 +205,44 @@ def output_error(embed_VxD: jax.Array, logits_BxV: jax.Array, targets_B: jax.Arr
   return (p_BxV @ embed_VxD - embed_VxD[targets_B]) * (1.0 / np.sqrt(embed_VxD.shape[1]))
 
 
-def _eprop_tiles(config, params, feedback_DxN, err_BxD, pre_BxN, post_BxN, lr):
-  """-lr * sum_b (sign*pre)^T (L * psi) * gain / B, with L = err @ feedback."""
-  learn_BxN = err_BxD @ feedback_DxN.astype(jnp.float32)
+def learning_signal(config: BrainConfig, pcfg: PlasticityConfig, params, feedback_DxN: jax.Array,
+                    err_BxD: jax.Array, features_BxNr: jax.Array | None = None,
+                    logits_BxV: jax.Array | None = None, targets_B: jax.Array | None = None) -> jax.Array:
+  """Each neuron's e-prop learning signal L [B, N] for one token.
+
+  random: L = err @ feedback (a fixed random D x N matrix). symmetric: the readout area's
+  neurons get the readout's exact gradient dCE/dfeature of each stream instead (the
+  readout is one layer, so this is local in time); the other areas keep the random one.
+  readout: as symmetric, and the other areas get no signal. Without the features (the
+  readout's input) only the random part can be formed. `eprop_areas` zeroes the signal
+  outside the named areas.
+  """
+  if pcfg.eprop_feedback == "readout" and features_BxNr is not None:
+    learn_BxN = jnp.zeros((err_BxD.shape[0], config.num_neurons), jnp.float32)
+  else:
+    learn_BxN = err_BxD @ feedback_DxN.astype(jnp.float32)
+  if pcfg.eprop_feedback in ("symmetric", "readout") and features_BxNr is not None:
+    def ce_sum(f_BxNr):
+      lg = readout.logits(params.embed, params.w_out, params.b_out, f_BxNr)
+      return jnp.sum(readout.cross_entropy(lg, targets_B))
+    g_BxNr = jax.grad(ce_sum)(jax.lax.stop_gradient(features_BxNr))
+    learn_BxN = learn_BxN.at[:, config.area_slice(config.readout_area)].set(jax.lax.stop_gradient(g_BxNr))
+  if pcfg.eprop_areas is not None:
+    unknown = [a for a in pcfg.eprop_areas if a not in config.area_names]
+    if unknown:
+      raise ValueError(f"eprop_areas names {unknown}, not areas of this brain {config.area_names}")
+    keep = np.isin(np.arange(len(config.areas)), [config.area_names.index(a) for a in pcfg.eprop_areas])
+    learn_BxN = learn_BxN * jnp.asarray(keep, jnp.float32)[params.conn.area_N]
+  return learn_BxN
+
+
+def _eprop_tiles(config, params, learn_BxN, pre_BxN, post_BxN, lr):
+  """-lr * sum_b (sign*pre)^T (L * psi) * gain / B for learning signals L [B, N]."""
   pre_signed = pre_BxN * params.conn.sign_N
   d_W = ops.tile_outer(pre_signed, learn_BxN * post_BxN, params.conn.col_RxK, config.tile,
                        config.implementation)
   gain = tile_gain_sign(config, params.conn.pathway_RxK)[:, :, None, None]
-  return -(lr / pre_BxN.shape[0]) * d_W * gain, learn_BxN
+  return -(lr / pre_BxN.shape[0]) * d_W * gain
 
 
 def _across(x: jax.Array, axis_name: str | None) -> jax.Array:
@@ -206,7 +266,11 @@ def _stream_row(x_BxF: jax.Array, b: jax.Array, axis_name: str | None) -> jax.Ar
 
 def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: PlasticState, aux,
           logits_BxV, targets_B, ce_B, tokens_B, axis_name: str | None = None):
-  """One token's local learning. Returns (params, bstate, pstate, stats dict of scalars).
+  """One token's local learning.
+
+  Returns (params, bstate, pstate, stats dict of scalars, input_grads): `InputGrads`, the
+  e-prop gradient estimate for w_in and the embedding rows (None when e-prop is off),
+  for the caller's optimizer; the tiles, thresholds and the rest are updated here.
 
   axis_name: when the streams are split over devices by `jax.pmap`/`shard_map`, the
   mapped axis; every mean over streams (and the tile update) is then taken over all of
@@ -236,21 +300,18 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
   if pcfg.eprop or pcfg.replay:
     err_BxD = jax.lax.stop_gradient(output_error(params.embed, logits_BxV, targets_B))
 
+  input_grads = None
   if pcfg.eprop:
-    d_e, learn_BxN = _eprop_tiles(config, params, pstate.feedback_DxN, err_BxD, aux.pre_BxN,
-                                  aux.post_BxN, pcfg.eprop_lr * unit)
-    d_W = d_W + d_e
-    # Input projection and the input side of the embedding, by the same signal.
-    n_in = config.input_size
-    g_Nin = (learn_BxN * aux.post_BxN)[:, :n_in]
+    learn_BxN = learning_signal(config, pcfg, params, pstate.feedback_DxN, err_BxD, aux.features_BxNr,
+                                logits_BxV, targets_B)
+    d_W = d_W + _eprop_tiles(config, params, learn_BxN, aux.pre_BxN, aux.post_BxN, pcfg.eprop_lr * unit)
+    # Input projection and the input side of the embedding: the same signal, as a gradient
+    # estimate for the optimizer (eligibility = token drive x pseudo-derivative).
+    g_BxNin = (learn_BxN * aux.post_BxN)[:, :config.input_size]
     x_BxD = params.embed[tokens_B] * bstate.thal_gate_B[:, None]
-    w_in = params.w_in - pcfg.input_lr * _across((x_BxD.T @ g_Nin) / bsz, axis_name)
-    rows_BxD, tokens = g_Nin @ params.w_in.T, tokens_B
-    if axis_name is not None:  # every device adds every stream's row
-      rows_BxD = jax.lax.all_gather(rows_BxD, axis_name, tiled=True)
-      tokens = jax.lax.all_gather(tokens_B, axis_name, tiled=True)
-    embed = params.embed.at[tokens].add(-(pcfg.input_lr / streams) * rows_BxD)
-    params = params._replace(w_in=w_in, embed=embed)
+    input_grads = InputGrads(w_in_DxNin=(x_BxD.T @ g_BxNin) / bsz,
+                             embed_rows_BxD=(g_BxNin @ params.w_in.T) * bstate.thal_gate_B[:, None] / bsz,
+                             tokens_B=tokens_B)
 
   # 1 + 2. Hebbian family in one factorised GEMM: STDP (LTP - LTD) and dopamine-gated LTP.
   rate_BxN = aux.spikes_BxN / ticks
@@ -342,9 +403,10 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
 
       (_, lg), (g_w, g_b) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(w_out, b_out)
       err = output_error(params.embed, lg, tgt)
-      d_r, _ = _eprop_tiles(config, params, pstate.feedback_DxN, err,
-                            p_fields["replay_pre_MxN"][idx].astype(jnp.float32),
-                            p_fields["replay_post_MxN"][idx].astype(jnp.float32), pcfg.eprop_lr * unit)
+      learn = learning_signal(config, pcfg, params._replace(w_out=w_out, b_out=b_out), pstate.feedback_DxN,
+                              err, feat, lg, tgt)
+      d_r = _eprop_tiles(config, params, learn, p_fields["replay_pre_MxN"][idx].astype(jnp.float32),
+                         p_fields["replay_post_MxN"][idx].astype(jnp.float32), pcfg.eprop_lr * unit)
       return tiles + d_r, w_out - pcfg.replay_lr * g_w, b_out - pcfg.replay_lr * g_b
 
     tiles, w_out, b_out = jax.lax.cond(do_replay, replay, lambda o: o, (tiles, params.w_out, params.b_out))
@@ -372,4 +434,4 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
   pstate = pstate._replace(reward_mean=reward_mean, protein=protein, early_W=early, tag_W=tag,
                            update_scale=update_scale, in_mean_2xN=in_mean_2xN,
                            count=pstate.count + 1, **p_fields)
-  return params, bstate, pstate, stats
+  return params, bstate, pstate, stats, input_grads
