@@ -203,7 +203,7 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     input_gain_N, gain_RxK, learn_N = input_gain_PxN[p], table.gain_PxRxK[p], table.learn_PxN[p]
     read, bg_on = table.read_P[p], table.bg_gate_P[p]
     cur_BxN = ops.propagate(ns.s.astype(sign_N.dtype) * sign_N, params.tiles, conn.col_RxK, gain_RxK,
-                            config.implementation)
+                            config.implementation, events_variant=config.events_variant)
     gate_B = jnp.where(bg_on > 0, basal_ganglia_gate(config, ns.tr), 1.0)
     cur_BxN = cur_BxN * jnp.where(broca_N, gate_B[:, None], 1.0) + drive_BxN * input_gain_N
     ns, x_BxN = neuron_step(config, ns, cur_BxN, state.theta_N)

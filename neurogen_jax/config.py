@@ -13,6 +13,8 @@ import numbers
 from typing import Literal
 
 AREA_NAMES = ("thalamus", "wernicke", "broca", "hippocampus", "pfc", "basal_ganglia")
+# The Pallas event-kernel variants (`pallas.events.propagate_events_pallas(variant=...)`).
+EVENTS_VARIANTS = ("tiles", "rows", "atomic")
 PHASE_NAMES = ("sensation", "perception", "integration", "selection", "action")
 
 
@@ -170,6 +172,9 @@ class BrainConfig:
   # Homeostasis target rate (spikes per tick) and band, and readout trace features.
   target_rate: float = 0.02
   implementation: Literal["xla", "pallas"] = "xla"
+  # Which Pallas event-driven kernel propagates a single stream (implementation="pallas",
+  # B = 1); see `pallas.events.propagate_events_pallas`.
+  events_variant: Literal["tiles", "rows", "atomic"] = "tiles"
 
   def __post_init__(self):
     names = [a.name for a in self.areas]
@@ -225,6 +230,9 @@ class BrainConfig:
       raise ValueError(f"neuron_model must be 'alif' or 'izhikevich', got {self.neuron_model!r}")
     if self.implementation not in ("xla", "pallas"):
       raise ValueError(f"implementation must be 'xla' or 'pallas', got {self.implementation!r}")
+    if self.events_variant not in EVENTS_VARIANTS:
+      raise ValueError(f"events_variant must be one of {EVENTS_VARIANTS}, got "
+                       f"{self.events_variant!r}")
 
   # ---- derived sizes (all static Python ints) ----
   @property

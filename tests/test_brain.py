@@ -127,3 +127,40 @@ def test_grad_through_run_sequence_is_finite_and_nonzero(tiny):
     g = np.asarray(g)
     assert np.all(np.isfinite(g)), name
     assert np.abs(g).max() > 0, f"zero gradient for {name}"
+
+
+# ------------------------------------------------------------- Pallas kernel variants
+
+
+@pytest.fixture
+def kernels_on_this_device(monkeypatch):
+  """implementation="pallas" runs here: compiled on a GPU; elsewhere the kernels that
+  `ops` dispatches are swapped for their interpret-mode calls (and the jit cache of
+  `cognitive_step` is cleared around the test, so no interpret trace outlives it)."""
+  if jax.devices()[0].platform != "gpu":
+    from neurogen_jax.pallas import events, neuron_update, propagate
+    for module, name in ((events, "propagate_events_pallas"), (propagate, "propagate"),
+                         (neuron_update, "alif_update")):
+      monkeypatch.setattr(module, name, functools.partial(getattr(module, name), interpret=True))
+  brain.cognitive_step.clear_cache()
+  yield
+  brain.cognitive_step.clear_cache()
+
+
+@pytest.mark.parametrize("variant", ["rows", "atomic"])
+def test_events_variants_drive_the_same_brain(kernels_on_this_device, variant):
+  """config.events_variant reaches the B = 1 Pallas propagation; each variant sums the same
+  products (in another order than "tiles": equal up to float rounding, same spikes)."""
+  base = tiny_config(implementation="pallas")
+  params, state = brain.init(base, jax.random.PRNGKey(13), batch=1)
+  tok = jnp.array([9])
+  st_t, logits_t, aux_t = brain.cognitive_step(params, state, tok, base)
+  st_v, logits_v, aux_v = brain.cognitive_step(params, state, tok, base.replace(events_variant=variant))
+  for cfg in (base, base.replace(events_variant=variant)):  # the kernel that was traced
+    jaxpr = jax.make_jaxpr(functools.partial(brain.cognitive_step, config=cfg))(params, state, tok)
+    assert f"name=propagate_events_{cfg.events_variant}" in str(jaxpr)
+  assert float(jnp.sum(aux_t.spikes_BxN)) > 0
+  np.testing.assert_array_equal(np.asarray(aux_v.spikes_BxN), np.asarray(aux_t.spikes_BxN))
+  for x, y in zip(jax.tree.leaves((st_t, logits_t, aux_t)), jax.tree.leaves((st_v, logits_v, aux_v)),
+                  strict=True):
+    np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6)
