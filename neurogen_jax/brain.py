@@ -226,8 +226,11 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   else:
     acc0 = _Acc(z(bsz, n), h(0, 0), h(0, 0), z(0), z())
   phase_T = phase_of_tick(config)
+  # Unrolled (config.scan_unroll) at B = 1, where each loop iteration's fixed cost (the
+  # loop predicate goes to the host) is a large part of a tick.
   (ns, acc, bg_gate_B), (rates_TxA, raster_TxS) = jax.lax.scan(
-      tick, (state.neurons, acc0, state.bg_gate_B), jnp.asarray(phase_T, jnp.int32))
+      tick, (state.neurons, acc0, state.bg_gate_B), jnp.asarray(phase_T, jnp.int32),
+      unroll=config.scan_unroll(bsz))
   # Mean rate of each phase: a static [P, T] averaging matrix over the ticks.
   phase_avg_PxT = (np.arange(len(config.phases))[:, None] == phase_T[None, :]).astype(np.float32)
   phase_avg_PxT /= phase_avg_PxT.sum(axis=1, keepdims=True)
