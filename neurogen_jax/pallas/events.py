@@ -168,14 +168,15 @@ def _tiles_kernel(col_ref, gain_ref, spk_ref, w_ref, out_ref, *, chunk: int):
 
 def _rows_kernel(col_ref, gain_ref, spk_ref, w_ref, out_ref, *, chunk: int):
   """Post block r: out[r] = sum_k gain[r,k] (tile (r, k)'s masked row sum); the K tiles
-  (rows k*T.. of the [K*T, T] block) are unrolled in one program, so that all their loads
+  (rows (r*K + k)*T.. of the whole [R*K*T, T] weight array: no block of K*T rows, which
+  Triton would want a power of two) are unrolled in one program, so that all their loads
   can be issued together."""
   r = pl.program_id(0)
-  tile = w_ref.shape[-1]
+  k_slots, tile = col_ref.shape[1], w_ref.shape[-1]
   acc = jnp.zeros((tile,), jnp.float32)
-  for k in range(w_ref.shape[0] // tile):
-    acc = acc + (_masked_rows(spk_ref, w_ref, k * tile, col_ref[r, k] * tile, chunk)
-                 * gain_ref[r, k])
+  for k in range(k_slots):
+    acc = acc + (_masked_rows(spk_ref, w_ref, (r * k_slots + k) * tile, col_ref[r, k] * tile,
+                              chunk) * gain_ref[r, k])
   out_ref[...] = acc
 
 
@@ -200,11 +201,11 @@ def _events_pallas(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret):
     out_RxT = pl.pallas_call(
         functools.partial(_rows_kernel, chunk=chunk),
         grid=(r,),
-        in_specs=[full, full, full, pl.BlockSpec((None, k_slots * t, t), lambda i: (i, 0, 0))],
+        in_specs=[full, full, full, full],
         out_specs=pl.BlockSpec((None, t), lambda i: (i, 0)),
         out_shape=jax.ShapeDtypeStruct((r, t), jnp.float32),
         **common,
-    )(*args[:3], w_RxKxTxT.reshape(r, k_slots * t, t))
+    )(*args[:3], w_RxKxTxT.reshape(r * k_slots * t, t))
     return out_RxT.reshape(r * t)
   tile_spec = pl.BlockSpec((None, None, t, t), lambda i, j: (i, j, 0, 0))
   if variant == "atomic":
