@@ -1,17 +1,26 @@
 """Whole-brain benchmark: µs per tick and tokens/s, XLA vs Pallas, learning on and off.
 
     python -m experiments.bench --batches=1,16,64,256 --impls=xla,pallas --learning=off,on
+    python -m experiments.bench --batches=1 --impls=pallas --learning=off --tick_unroll=0,1 \
+        --events_variant=tiles,rows,atomic      # B = 1: tick-loop unrolling, event kernels
 
 Every figure is also given as % of its HBM floor, measured in the same run: the floor
 of one tick is (weight bytes + state bytes read and written) / copy bandwidth, with the
 copy bandwidth of a 1 GiB elementwise copy timed here with the kernel benchmark's
 method (CUPTI device time, bytes read + written).
-Prints a table and writes JSON lines to --out.
+Prints a table and writes JSON lines to --out. Each row also gives `tick_unroll` (the
+flag's value), `scan_unroll` (the unroll it means at that B, `BrainConfig.scan_unroll`),
+`events_variant` (None where it is not used: XLA, or B > 1) and `program_bytes` (the
+compiled step's arguments + outputs + temporaries, from XLA's memory analysis: a
+per-point figure, unlike `peak_bytes`, the process-wide peak since start).
+With --find_max_batch, B doubles from --max_batch_start (learning on) until a point fails
+or passes --max_batch_limit; each fitting B gets a row (`find_max_batch`: true).
 """
 
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import time
 
@@ -33,7 +42,14 @@ flags.DEFINE_float("scale", 1.0, "brain scale (1 = 79,872 neurons)")
 flags.DEFINE_integer("tokens", 8, "tokens per timed call (scanned inside one jit)")
 flags.DEFINE_integer("repeats", 5, "timed calls per point (median reported)")
 flags.DEFINE_string("out", "", "JSON-lines output file")
-flags.DEFINE_bool("find_max_batch", False, "double B (learning on) until it no longer fits")
+flags.DEFINE_string("tick_unroll", "0", "comma-separated BrainConfig.tick_unroll values (0 = auto: "
+                    "all ticks at B = 1, else 1)")
+flags.DEFINE_string("events_variant", "tiles", "comma-separated Pallas event kernels for B = 1 "
+                    "(tiles, rows, atomic); ignored by xla and at B > 1")
+flags.DEFINE_bool("find_max_batch", False, "double B (learning on, first of --impls) until it no "
+                  "longer fits")
+flags.DEFINE_integer("max_batch_start", 256, "first B of --find_max_batch")
+flags.DEFINE_integer("max_batch_limit", 16384, "largest B that --find_max_batch tries")
 
 # Per neuron and stream, each tick reads and writes v, i, a, tr (f32) and s: 5 x 4 B each way.
 STATE_BYTES_PER_NEURON = 2 * 5 * 4
@@ -72,18 +88,73 @@ def bench_point(config: BrainConfig, batch: int, learn: bool, n_tokens: int, rep
     pcfg = PlasticityConfig()
     opt = learning.make_optimizer(1e-3)
     ts = learning.init_train_state(config, pcfg, opt, key, batch)
-    fn = lambda: learning.train_chunk(ts, toks, toks, config=config, pcfg=pcfg, optimizer=opt)[1].loss
+    compiled = learning.train_chunk.lower(ts, toks, toks, config=config, pcfg=pcfg,
+                                          optimizer=opt).compile()
+    fn = lambda: compiled(ts, toks, toks)[1].loss
   else:
     params, state = brain.init(config, key, batch)
-    fn = lambda: _forward(params, state, toks, config)[1]
+    compiled = _forward.lower(params, state, toks, config).compile()
+    fn = lambda: compiled(params, state, toks)[1]
   jax.block_until_ready(fn())
   compile_s = time.perf_counter() - t_compile
   sec = _timed(fn, repeats)
   stats = jax.devices()[0].memory_stats() or {}
   ticks = n_tokens * config.ticks_per_token
   return {"batch": batch, "learning": learn, "implementation": config.implementation,
+          "tick_unroll": config.tick_unroll, "scan_unroll": config.scan_unroll(batch),
+          "events_variant": _events_variant(config, batch),
           "us_per_tick": sec / ticks * 1e6, "tokens_per_s": batch * n_tokens / sec,
-          "compile_s": compile_s, "peak_bytes": stats.get("peak_bytes_in_use")}
+          "compile_s": compile_s, "peak_bytes": stats.get("peak_bytes_in_use"),
+          "program_bytes": _program_bytes(compiled)}
+
+
+def _events_variant(config: BrainConfig, batch: int) -> str | None:
+  """The event kernel a point uses, or None (XLA, or B > 1: dense propagation)."""
+  return config.events_variant if config.implementation == "pallas" and batch == 1 else None
+
+
+def _program_bytes(compiled) -> int | None:
+  """Arguments + outputs + temporaries of the compiled step (XLA's memory analysis)."""
+  try:
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
+  except Exception:  # not every backend reports it
+    return None
+
+
+def _report(r: dict, out) -> None:
+  gib = lambda b: f"{b / 2**30:.1f}" if b else "-"
+  floor = (f"floor {r['floor_us_per_tick']:7.1f} us ({r['pct_of_floor']:5.1f}%)  "
+           if "floor_us_per_tick" in r else "")
+  variant = r["events_variant"] or "-"
+  print(f"  {r['implementation']:6s} B={r['batch']:5d} learn={'on ' if r['learning'] else 'off'} "
+        f"unroll={r['scan_unroll']:2d} events={variant:6s} {r['us_per_tick']:9.1f} us/tick "
+        f"{r['tokens_per_s']:10.1f} tok/s  {floor}compile {r['compile_s']:.0f}s  "
+        f"program {gib(r['program_bytes'])} GiB  peak {gib(r['peak_bytes'])} GiB", flush=True)
+  if out:
+    out.write(json.dumps(r) + "\n")
+    out.flush()
+
+
+def find_max_batch(config: BrainConfig, start: int, limit: int, out) -> int | None:
+  """Doubles B (learning on, 2 tokens, 1 repeat) from `start` until a point fails or B
+  passes `limit`; reports each fitting B; returns the largest (None if none fits)."""
+  b, fits = start, None
+  while b <= limit:
+    try:
+      r = bench_point(config, b, True, 2, 1)
+    except Exception as e:  # out of memory (or any failure) ends the search, not the run
+      print(f"  B={b} does not fit: {type(e).__name__}: {str(e)[:200]}", flush=True)
+      break
+    finally:
+      gc.collect()  # drop the failed point's buffers before the next one
+    r.update(find_max_batch=True, device=jax.devices()[0].device_kind,
+             date=time.strftime("%Y-%m-%d"))
+    _report(r, out)
+    fits = b
+    b *= 2
+  return fits
 
 
 def main(argv):
@@ -92,44 +163,42 @@ def main(argv):
   bw = copy_bandwidth(iters=30)
   print(f"device: {dev.device_kind} ({dev.platform}); copy bandwidth {bw / 1e12:.2f} TB/s; "
         f"date {time.strftime('%Y-%m-%d')}", flush=True)
-  rows = []
   out = open(FLAGS.out, "a") if FLAGS.out else None
   batches = [int(b) for b in FLAGS.batches.split(",")]
+  unrolls = [int(u) for u in FLAGS.tick_unroll.split(",")]
+  variants = FLAGS.events_variant.split(",")
   for impl in FLAGS.impls.split(","):
-    config = BrainConfig(scale=FLAGS.scale, implementation=impl)
-    print(f"brain: {config.num_neurons} neurons, {config.num_synapses / 1e6:.1f}M synapses, "
-          f"{config.ticks_per_token} ticks/token", flush=True)
+    base = BrainConfig(scale=FLAGS.scale, implementation=impl)
+    print(f"brain: {base.num_neurons} neurons, {base.num_synapses / 1e6:.1f}M synapses, "
+          f"{base.ticks_per_token} ticks/token", flush=True)
     for learn in [s == "on" for s in FLAGS.learning.split(",")]:
       for b in batches:
-        try:
-          r = bench_point(config, b, learn, FLAGS.tokens, FLAGS.repeats)
-        except Exception as e:  # a failed point is reported, the others still run
-          print(f"  {impl} B={b} learning={learn}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
-          continue
-        floor = tick_floor_s(config, b, bw)
-        r.update(floor_us_per_tick=floor * 1e6, pct_of_floor=100 * floor * 1e6 / r["us_per_tick"],
-                 device=dev.device_kind, copy_bw_TBps=bw / 1e12, date=time.strftime("%Y-%m-%d"),
-                 bytes_per_neuron=STATE_BYTES_PER_NEURON)
-        rows.append(r)
-        print(f"  {impl:6s} B={b:4d} learn={'on ' if learn else 'off'} {r['us_per_tick']:9.1f} us/tick "
-              f"{r['tokens_per_s']:10.1f} tok/s  floor {r['floor_us_per_tick']:7.1f} us "
-              f"({r['pct_of_floor']:5.1f}%)  compile {r['compile_s']:.0f}s  "
-              f"peak {(r['peak_bytes'] or 0) / 2**30:.1f} GiB", flush=True)
-        if out:
-          out.write(json.dumps(r) + "\n")
-          out.flush()
+        done = set()  # (scan unroll, event kernel) already measured for this point
+        for unroll in unrolls:
+          for variant in variants:
+            config = base.replace(tick_unroll=unroll, events_variant=variant)
+            key = (config.scan_unroll(b), _events_variant(config, b))
+            if key in done:  # the same program as an earlier row (e.g. auto = 1 at B > 1)
+              continue
+            done.add(key)
+            try:
+              r = bench_point(config, b, learn, FLAGS.tokens, FLAGS.repeats)
+            except Exception as e:  # a failed point is reported, the others still run
+              print(f"  {impl} B={b} learning={learn} tick_unroll={unroll} events={variant}: "
+                    f"FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+              gc.collect()
+              continue
+            floor = tick_floor_s(config, b, bw)
+            r.update(floor_us_per_tick=floor * 1e6,
+                     pct_of_floor=100 * floor * 1e6 / r["us_per_tick"], device=dev.device_kind,
+                     copy_bw_TBps=bw / 1e12, date=time.strftime("%Y-%m-%d"),
+                     bytes_per_neuron=STATE_BYTES_PER_NEURON)
+            _report(r, out)
   if FLAGS.find_max_batch:
     config = BrainConfig(scale=FLAGS.scale, implementation=FLAGS.impls.split(",")[0])
-    b, fits = 256, None
-    while b <= 8192:
-      try:
-        bench_point(config, b, True, 2, 1)
-        fits = b
-        b *= 2
-      except Exception as e:
-        print(f"  B={b} does not fit: {type(e).__name__}", flush=True)
-        break
-    print(f"largest B that fits with learning on (powers of 2 from 256): {fits}", flush=True)
+    fits = find_max_batch(config, FLAGS.max_batch_start, FLAGS.max_batch_limit, out)
+    print(f"largest B that fits with learning on ({config.implementation}, powers of 2 from "
+          f"{FLAGS.max_batch_start} up to {FLAGS.max_batch_limit}): {fits}", flush=True)
 
 
 if __name__ == "__main__":

@@ -133,9 +133,13 @@ def main(argv):
       ev_xla = jax.jit(lambda s, ww, g: events.propagate_events(s, ww, col, g, fanout, max_events))
       measure(rows, "propagate_events", 1, "xla-events", ev_xla, (s_n, w, gain), ref, fl, iters,
               note=f"max_events={max_events}, {rows_read} rows")
-      ev_pallas = jax.jit(lambda s, ww, g: events.propagate_events_pallas(s, ww, col, g, **interp))
-      measure(rows, "propagate_events", 1, "pallas-events", ev_pallas, (s_n, w, gain), ref, fl,
-              iters, note=f"{rows_read} rows")
+      for variant in events.EVENTS_VARIANTS:  # "tiles" (the default) keeps its old row name
+        ev_pallas = jax.jit(functools.partial(
+            lambda s, ww, g, v: events.propagate_events_pallas(s, ww, col, g, variant=v, **interp),
+            v=variant))
+        impl = "pallas-events" + ("" if variant == "tiles" else f"-{variant}")
+        measure(rows, "propagate_events", 1, impl, ev_pallas, (s_n, w, gain), ref, fl, iters,
+                note=f"{rows_read} rows")
 
     if "tile_outer" in _KERNELS.value or "tile_update" in _KERNELS.value:
       pre = jax.random.uniform(jax.random.fold_in(kp, batch), (batch, n))

@@ -203,7 +203,7 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     input_gain_N, gain_RxK, learn_N = input_gain_PxN[p], table.gain_PxRxK[p], table.learn_PxN[p]
     read, bg_on = table.read_P[p], table.bg_gate_P[p]
     cur_BxN = ops.propagate(ns.s.astype(sign_N.dtype) * sign_N, params.tiles, conn.col_RxK, gain_RxK,
-                            config.implementation)
+                            config.implementation, events_variant=config.events_variant)
     gate_B = jnp.where(bg_on > 0, basal_ganglia_gate(config, ns.tr), 1.0)
     cur_BxN = cur_BxN * jnp.where(broca_N, gate_B[:, None], 1.0) + drive_BxN * input_gain_N
     ns, x_BxN = neuron_step(config, ns, cur_BxN, state.theta_N)
@@ -226,8 +226,11 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   else:
     acc0 = _Acc(z(bsz, n), h(0, 0), h(0, 0), z(0), z())
   phase_T = phase_of_tick(config)
+  # Unrolled (config.scan_unroll) at B = 1, where each loop iteration's fixed cost (the
+  # loop predicate goes to the host) is a large part of a tick.
   (ns, acc, bg_gate_B), (rates_TxA, raster_TxS) = jax.lax.scan(
-      tick, (state.neurons, acc0, state.bg_gate_B), jnp.asarray(phase_T, jnp.int32))
+      tick, (state.neurons, acc0, state.bg_gate_B), jnp.asarray(phase_T, jnp.int32),
+      unroll=config.scan_unroll(bsz))
   # Mean rate of each phase: a static [P, T] averaging matrix over the ticks.
   phase_avg_PxT = (np.arange(len(config.phases))[:, None] == phase_T[None, :]).astype(np.float32)
   phase_avg_PxT /= phase_avg_PxT.sum(axis=1, keepdims=True)

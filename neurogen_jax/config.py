@@ -13,6 +13,8 @@ import numbers
 from typing import Literal
 
 AREA_NAMES = ("thalamus", "wernicke", "broca", "hippocampus", "pfc", "basal_ganglia")
+# The Pallas event-kernel variants (`pallas.events.propagate_events_pallas(variant=...)`).
+EVENTS_VARIANTS = ("tiles", "rows", "atomic")
 PHASE_NAMES = ("sensation", "perception", "integration", "selection", "action")
 
 
@@ -170,6 +172,13 @@ class BrainConfig:
   # Homeostasis target rate (spikes per tick) and band, and readout trace features.
   target_rate: float = 0.02
   implementation: Literal["xla", "pallas"] = "xla"
+  # Ticks of the token's `lax.scan` unrolled into one loop iteration (`scan_unroll`):
+  # 0 = auto (all ticks_per_token for a single stream, where the loop's per-iteration
+  # overhead, a predicate copied to the host, is a large part of a tick; else 1).
+  tick_unroll: int = 0
+  # Which Pallas event-driven kernel propagates a single stream (implementation="pallas",
+  # B = 1); see `pallas.events.propagate_events_pallas`.
+  events_variant: Literal["tiles", "rows", "atomic"] = "tiles"
 
   def __post_init__(self):
     names = [a.name for a in self.areas]
@@ -225,6 +234,13 @@ class BrainConfig:
       raise ValueError(f"neuron_model must be 'alif' or 'izhikevich', got {self.neuron_model!r}")
     if self.implementation not in ("xla", "pallas"):
       raise ValueError(f"implementation must be 'xla' or 'pallas', got {self.implementation!r}")
+    if (isinstance(self.tick_unroll, bool) or not isinstance(self.tick_unroll, numbers.Integral)
+        or self.tick_unroll < 0):
+      raise ValueError(f"tick_unroll must be an integer >= 0 (0 = auto: all ticks of a token "
+                       f"when B = 1, else 1), got {self.tick_unroll!r}")
+    if self.events_variant not in EVENTS_VARIANTS:
+      raise ValueError(f"events_variant must be one of {EVENTS_VARIANTS}, got "
+                       f"{self.events_variant!r}")
 
   # ---- derived sizes (all static Python ints) ----
   @property
@@ -276,6 +292,12 @@ class BrainConfig:
   @property
   def max_phase_ticks(self) -> int:
     return max(p.ticks for p in self.phases)
+
+  def scan_unroll(self, batch: int) -> int:
+    """The `unroll` of the tick scan for `batch` streams (the one place it is chosen)."""
+    if self.tick_unroll:
+      return min(self.tick_unroll, self.ticks_per_token)
+    return self.ticks_per_token if batch == 1 else 1
 
   def decay(self, tau_ms: float) -> float:
     return math.exp(-self.dt_ms / tau_ms)

@@ -47,33 +47,37 @@ def _dense_propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, implementation):
 def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain_RxK: jax.Array,
               implementation: Implementation = "xla", *,
               fanout: tuple[jax.Array, jax.Array] | None = None,
-              max_events: int | None = None) -> jax.Array:
+              max_events: int | None = None, events_variant: str = "tiles") -> jax.Array:
   """Block-sparse spike propagation (see `propagate_reference`) -> [B, N] float32.
 
   A single stream (B == 1) goes event-driven, reading only the rows of spiking neurons:
-  with "pallas" always (no index needed); with "xla" when `fanout` (`build_fanout`) and
-  `max_events` are given (else dense; on an H100 the XLA event path measured slower than
-  dense XLA, docs/KERNELS.md). Every path is differentiable with the same grads.
+  with "pallas" always (no index needed; `events_variant` picks the kernel, see
+  `propagate_events_pallas`); with "xla" when `fanout` (`build_fanout`) and `max_events`
+  are given (else dense; on an H100 the XLA event path measured slower than dense XLA,
+  docs/KERNELS.md). Every path is differentiable with the same grads.
   """
   _check(implementation)
   if spk_BxN.shape[0] == 1 and (implementation == "pallas" or fanout is not None):
     return propagate_events(spk_BxN[0], w_RxKxTxT, col_RxK, gain_RxK, implementation,
-                            fanout=fanout, max_events=max_events)[None]
+                            fanout=fanout, max_events=max_events,
+                            events_variant=events_variant)[None]
   return _dense_propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, implementation)
 
 
 def propagate_events(spk_N: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array,
                      gain_RxK: jax.Array, implementation: Implementation = "xla", *,
                      fanout: tuple[jax.Array, jax.Array] | None = None,
-                     max_events: int | None = None) -> jax.Array:
+                     max_events: int | None = None, events_variant: str = "tiles") -> jax.Array:
   """Event-driven propagation of one stream's spikes spk_N [N] -> [N] float32.
 
   "xla" needs `fanout = build_fanout(col_RxK, R)` and an event buffer `max_events`; more
-  spikes than that fall back to the dense path. "pallas" needs neither.
+  spikes than that fall back to the dense path. "pallas" needs neither; `events_variant`
+  ("tiles", "rows", "atomic") picks its kernel (the xla path ignores it).
   """
   _check(implementation)
   if implementation == "pallas":
-    return pallas_events.propagate_events_pallas(spk_N, w_RxKxTxT, col_RxK, gain_RxK)
+    return pallas_events.propagate_events_pallas(spk_N, w_RxKxTxT, col_RxK, gain_RxK,
+                                                 variant=events_variant)
   if fanout is None or max_events is None:
     raise ValueError("propagate_events with implementation='xla' needs fanout="
                      "build_fanout(col_RxK, R) and max_events (e.g. 2 x rate x N).")

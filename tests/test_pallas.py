@@ -9,6 +9,7 @@ of the reduction length.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -280,9 +281,11 @@ def test_propagate_events_matches_dense(interpret, rate):
   ref = propagate.propagate_reference(spk[None], w, col, gain)[0]
   fanout = events.build_fanout(col, EVENT_BLOCKS)
   out_xla = events.propagate_events(spk, w, col, gain, fanout, max_events=128)
-  out_pallas = events.propagate_events_pallas(spk, w, col, gain, interpret=interpret)
   assert_close(out_xla, ref, "float32", 4 * 32)
-  assert_close(out_pallas, ref, "float32", 4 * 32)
+  for variant in events.EVENTS_VARIANTS:
+    out_pallas = events.propagate_events_pallas(spk, w, col, gain, variant=variant,
+                                                interpret=interpret)
+    assert_close(out_pallas, ref, "float32", 4 * 32)
 
 
 def test_propagate_events_overflow_falls_back_to_dense():
@@ -302,13 +305,17 @@ def test_propagate_events_overflow_falls_back_to_dense():
   assert_close(out, ref, "float32", 4 * 32)
 
 
-def test_propagate_events_pallas_all_spiking(interpret):
-  """Every neuron spiking is exact too: there is no event cap."""
-  col, w, gain = event_layout(25)
-  spk = jnp.where(jax.random.uniform(jax.random.key(26), (EVENT_BLOCKS * 32,)) < 0.5, 1.0, -1.0)
+@pytest.mark.parametrize("variant", ["tiles", "rows", "atomic"])
+def test_propagate_events_pallas_all_spiking(interpret, variant):
+  """Every neuron spiking is exact too: there is no event cap. K = 4 tiles per post block
+  with repeated columns (`layout`'s col[0, 1] == col[0, 0]): each variant sums them all."""
+  col, w, gain = layout(25, 32, 4)
+  spk = jnp.where(jax.random.uniform(jax.random.key(26), (NUM_BLOCKS * 32,)) < 0.5, 1.0, -1.0)
   ref = propagate.propagate_reference(spk[None], w, col, gain)[0]
-  out = events.propagate_events_pallas(spk, w, col, gain, interpret=interpret)
+  out = events.propagate_events_pallas(spk, w, col, gain, variant=variant, interpret=interpret)
   assert_close(out, ref, "float32", 4 * 32)
+  with pytest.raises(ValueError, match="variant"):
+    events.propagate_events_pallas(spk, w, col, gain, variant="warp", interpret=interpret)
 
 
 def test_propagate_events_grads_match_dense(interpret):
@@ -318,12 +325,13 @@ def test_propagate_events_grads_match_dense(interpret):
   fanout = events.build_fanout(col, EVENT_BLOCKS)
   dense = lambda s, ww, g: propagate.propagate_reference(s[None], ww, col, g)[0]
   xla = lambda s, ww, g: events.propagate_events(s, ww, col, g, fanout, 64)
-  pallas = lambda s, ww, g: events.propagate_events_pallas(s, ww, col, g, interpret=interpret)
+  pallas = [functools.partial(lambda s, ww, g, v: events.propagate_events_pallas(
+      s, ww, col, g, variant=v, interpret=interpret), v=v) for v in events.EVENTS_VARIANTS]
   grad = lambda fn: jax.grad(lambda *a: jnp.sum(fn(*a) * probe), argnums=(0, 1, 2))(spk, w, gain)
   want = grad(dense)
   # d spk and d w come out of bf16 products (spikes are cast to w's dtype); d gain is f32.
   precisions = ("bfloat16", "bfloat16", "float32" if interpret else "tf32")
-  for fn in (xla, pallas):
+  for fn in (xla, *pallas):
     for g, r, precision in zip(grad(fn), want, precisions):
       assert_close(g, r, precision, 4 * 32)
 
@@ -340,9 +348,11 @@ def test_ops_propagate_dispatch(implementation, b):
   spk = spikes(31, (b, EVENT_BLOCKS * 32), 0.02)
   ref = propagate.propagate_reference(spk, w, col, gain)
   fanout = events.build_fanout(col, EVENT_BLOCKS)
-  out = ops.propagate(spk, w, col, gain, implementation, fanout=fanout, max_events=64)
-  assert out.shape == (b, EVENT_BLOCKS * 32)
-  assert_close(out, ref, "float32", 4 * 32)
+  for variant in events.EVENTS_VARIANTS:  # used by "pallas" at B = 1 only
+    out = ops.propagate(spk, w, col, gain, implementation, fanout=fanout, max_events=64,
+                        events_variant=variant)
+    assert out.shape == (b, EVENT_BLOCKS * 32)
+    assert_close(out, ref, "float32", 4 * 32)
 
 
 def test_ops_rejects_unknown_implementation_and_missing_fanout():

@@ -15,7 +15,9 @@ Two implementations of the same function as `propagate_reference` on [1, N]:
   32 us at full size); it loads the rows of the pre block col[r, k] with a mask that is
   the block's spikes, so rows of silent neurons are never fetched, and writes its
   gain-scaled partial sum; XLA adds the K partials (R x K x T floats). It needs neither
-  an inverse index nor an event cap, and no compaction pass.
+  an inverse index nor an event cap, and no compaction pass. Two variants without the
+  separate K-sum ("rows": one program per post block; "atomic": atomic adds) are there
+  to be measured against it (`variant=`).
 Both are differentiable with the dense reference's vjp (propagation is linear in spk).
 """
 
@@ -30,6 +32,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from neurogen_jax.config import EVENTS_VARIANTS
 from neurogen_jax.pallas.propagate import propagate_reference
 
 # Weight rows per masked load of the Pallas kernel (a power of two for Triton).
@@ -140,52 +143,106 @@ def propagate_events(spk_N: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array,
                            int(max_events), dense)
 
 
-def _kernel(col_ref, gain_ref, spk_ref, w_ref, out_ref, *, chunk: int):
-  """Tile (r, k): out[r, k] = gain[r,k] sum_{t: spk[col[r,k]*T+t] != 0} spk w[r,k,t,:].
+def _masked_rows(spk_ref, w_ref, row0, base, chunk):
+  """sum_t spk[base + t] * w[row0 + t, :] over the spiking t < T -> [T] float32.
 
   The rows come in through masked loads (rows of silent neurons are never fetched); the
   chunks are unrolled so that their loads are in flight together.
   """
-  r, k = pl.program_id(0), pl.program_id(1)
   tile = w_ref.shape[-1]
-  base = col_ref[r, k] * tile
   acc = jnp.zeros((tile,), jnp.float32)
   for start in range(0, tile, chunk):
     val = spk_ref[pl.ds(base + start, chunk)].astype(jnp.float32)
     live = jnp.broadcast_to((val != 0)[:, None], (chunk, tile))
-    w_rows = plgpu.load(w_ref.at[pl.ds(start, chunk), :], mask=live, other=0.0)
+    w_rows = plgpu.load(w_ref.at[pl.ds(row0 + start, chunk), :], mask=live, other=0.0)
     acc = acc + jnp.sum(w_rows.astype(jnp.float32) * val[:, None], axis=0)
-  out_ref[...] = acc * gain_ref[r, k]
+  return acc
 
 
-def _events_pallas(spk_N, w_RxKxTxT, col_RxK, gain_RxK, interpret):
+def _tiles_kernel(col_ref, gain_ref, spk_ref, w_ref, out_ref, *, chunk: int):
+  """Tile (r, k): out[r, k] = gain[r,k] sum_{t: spk[col[r,k]*T+t] != 0} spk w[r,k,t,:]."""
+  r, k = pl.program_id(0), pl.program_id(1)
+  base = col_ref[r, k] * w_ref.shape[-1]
+  out_ref[...] = _masked_rows(spk_ref, w_ref, 0, base, chunk) * gain_ref[r, k]
+
+
+def _rows_kernel(col_ref, gain_ref, spk_ref, w_ref, out_ref, *, chunk: int):
+  """Post block r: out[r] = sum_k gain[r,k] (tile (r, k)'s masked row sum); the K tiles
+  (rows (r*K + k)*T.. of the whole [R*K*T, T] weight array: no block of K*T rows, which
+  Triton would want a power of two) are unrolled in one program, so that all their loads
+  can be issued together."""
+  r = pl.program_id(0)
+  k_slots, tile = col_ref.shape[1], w_ref.shape[-1]
+  acc = jnp.zeros((tile,), jnp.float32)
+  for k in range(k_slots):
+    acc = acc + (_masked_rows(spk_ref, w_ref, (r * k_slots + k) * tile, col_ref[r, k] * tile,
+                              chunk) * gain_ref[r, k])
+  out_ref[...] = acc
+
+
+def _atomic_kernel(col_ref, gain_ref, spk_ref, w_ref, zeros_ref, out_ref, *, chunk: int):
+  """Tile (r, k): atomically adds its gain-scaled partial into out[r] (zeroed beforehand:
+  out aliases zeros_ref)."""
+  del zeros_ref
+  r, k = pl.program_id(0), pl.program_id(1)
+  tile = w_ref.shape[-1]
+  part = _masked_rows(spk_ref, w_ref, 0, col_ref[r, k] * tile, chunk) * gain_ref[r, k]
+  plgpu.atomic_add(out_ref, pl.ds(0, tile), part)
+
+
+def _events_pallas(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret):
   r, k_slots, t, _ = w_RxKxTxT.shape
   full = pl.BlockSpec()  # the whole array
+  args = (col_RxK.astype(jnp.int32), gain_RxK.astype(jnp.float32), spk_N, w_RxKxTxT)
+  common = dict(compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1),
+                interpret=interpret, name=f"propagate_events_{variant}")
+  chunk = min(_CHUNK, t)
+  if variant == "rows":
+    out_RxT = pl.pallas_call(
+        functools.partial(_rows_kernel, chunk=chunk),
+        grid=(r,),
+        in_specs=[full, full, full, full],
+        out_specs=pl.BlockSpec((None, t), lambda i: (i, 0)),
+        out_shape=jax.ShapeDtypeStruct((r, t), jnp.float32),
+        **common,
+    )(*args[:3], w_RxKxTxT.reshape(r * k_slots * t, t))
+    return out_RxT.reshape(r * t)
+  tile_spec = pl.BlockSpec((None, None, t, t), lambda i, j: (i, j, 0, 0))
+  if variant == "atomic":
+    post_spec = pl.BlockSpec((None, t), lambda i, j: (i, 0))
+    out_RxT = pl.pallas_call(
+        functools.partial(_atomic_kernel, chunk=chunk),
+        grid=(r, k_slots),
+        in_specs=[full, full, full, tile_spec, post_spec],
+        out_specs=post_spec,
+        out_shape=jax.ShapeDtypeStruct((r, t), jnp.float32),
+        input_output_aliases={4: 0},
+        **common,
+    )(*args, jnp.zeros((r, t), jnp.float32))
+    return out_RxT.reshape(r * t)
   part_RxKxT = pl.pallas_call(
-      functools.partial(_kernel, chunk=min(_CHUNK, t)),
+      functools.partial(_tiles_kernel, chunk=chunk),
       grid=(r, k_slots),
-      in_specs=[full, full, full, pl.BlockSpec((None, None, t, t), lambda i, j: (i, j, 0, 0))],
+      in_specs=[full, full, full, tile_spec],
       out_specs=pl.BlockSpec((None, None, t), lambda i, j: (i, j, 0)),
       out_shape=jax.ShapeDtypeStruct((r, k_slots, t), jnp.float32),
-      compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1),
-      interpret=interpret,
-      name="propagate_events",
-  )(col_RxK.astype(jnp.int32), gain_RxK.astype(jnp.float32), spk_N, w_RxKxTxT)
+      **common,
+  )(*args)
   return jnp.sum(part_RxKxT, axis=1).reshape(r * t)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _propagate_events_p(spk_N, w_RxKxTxT, col_RxK, gain_RxK, interpret):
-  return _events_pallas(spk_N, w_RxKxTxT, col_RxK, gain_RxK, interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _propagate_events_p(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret):
+  return _events_pallas(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret)
 
 
-def _propagate_events_p_fwd(spk_N, w_RxKxTxT, col_RxK, gain_RxK, interpret):
-  out = _events_pallas(spk_N, w_RxKxTxT, col_RxK, gain_RxK, interpret)
+def _propagate_events_p_fwd(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret):
+  out = _events_pallas(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret)
   return out, (spk_N, w_RxKxTxT, col_RxK, gain_RxK)
 
 
-def _propagate_events_p_bwd(interpret, res, g_N):
-  del interpret
+def _propagate_events_p_bwd(variant, interpret, res, g_N):
+  del variant, interpret
   return _dense_vjp(res, g_N)
 
 
@@ -193,13 +250,24 @@ _propagate_events_p.defvjp(_propagate_events_p_fwd, _propagate_events_p_bwd)
 
 
 def propagate_events_pallas(spk_N: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array,
-                            gain_RxK: jax.Array, *, interpret: bool = False) -> jax.Array:
+                            gain_RxK: jax.Array, *, variant: str = "tiles",
+                            interpret: bool = False) -> jax.Array:
   """Event-driven `propagate_reference` for one stream -> [N] float32 (Pallas).
 
   Reads, for each tile, only the rows of the pre block's spiking neurons; exact for any
-  number of spikes (no event cap, no fallback needed).
+  number of spikes (no event cap, no fallback needed). `variant` (all give the same sums;
+  "atomic" in a run-to-run varying order):
+  - "tiles": one program per tile (r, k) writes its partial, XLA sums the K partials
+    (two kernels; 21.7 us at full size on an H100, docs/KERNELS.md).
+  - "rows": one program per post block r with its K tiles unrolled, writing out[r]
+    directly (one kernel, R programs).
+  - "atomic": one program per tile, atomic adds into a zeroed output (one kernel and a
+    memset; Triton `atomic_add`).
   """
   r, _, t, _ = w_RxKxTxT.shape
   if spk_N.shape != (r * t,):
     raise ValueError(f"propagate_events_pallas: spk {spk_N.shape} must be [N] = [{r * t}].")
-  return _propagate_events_p(spk_N, w_RxKxTxT, col_RxK, gain_RxK, interpret)
+  if variant not in EVENTS_VARIANTS:
+    raise ValueError(f"propagate_events_pallas: variant must be one of {EVENTS_VARIANTS}, "
+                     f"got {variant!r}")
+  return _propagate_events_p(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret)
