@@ -101,7 +101,8 @@ def bench_point(config: BrainConfig, batch: int, learn: bool, n_tokens: int, rep
   stats = jax.devices()[0].memory_stats() or {}
   ticks = n_tokens * config.ticks_per_token
   return {"batch": batch, "learning": learn, "implementation": config.implementation,
-          "tick_unroll": config.tick_unroll, "scan_unroll": config.scan_unroll(batch),
+          "tick_unroll": config.tick_unroll,
+          "scan_unroll": config.scan_unroll(batch, jax.default_backend()),
           "events_variant": _events_variant(config, batch),
           "us_per_tick": sec / ticks * 1e6, "tokens_per_s": batch * n_tokens / sec,
           "compile_s": compile_s, "peak_bytes": stats.get("peak_bytes_in_use"),
@@ -137,7 +138,16 @@ def _report(r: dict, out) -> None:
     out.flush()
 
 
-def find_max_batch(config: BrainConfig, start: int, limit: int, out) -> int | None:
+def _with_floor(r: dict, config: BrainConfig, bandwidth: float) -> dict:
+  """Adds the point's HBM floor and % of it (and the run's device facts) to row `r`."""
+  floor_us = tick_floor_s(config, r["batch"], bandwidth) * 1e6
+  r.update(floor_us_per_tick=floor_us, pct_of_floor=100 * floor_us / r["us_per_tick"],
+           device=jax.devices()[0].device_kind, copy_bw_TBps=bandwidth / 1e12,
+           date=time.strftime("%Y-%m-%d"), bytes_per_neuron=STATE_BYTES_PER_NEURON)
+  return r
+
+
+def find_max_batch(config: BrainConfig, start: int, limit: int, out, bandwidth: float) -> int | None:
   """Doubles B (learning on, 2 tokens, 1 repeat) from `start` until a point fails or B
   passes `limit`; reports each fitting B; returns the largest (None if none fits)."""
   b, fits = start, None
@@ -149,9 +159,8 @@ def find_max_batch(config: BrainConfig, start: int, limit: int, out) -> int | No
       break
     finally:
       gc.collect()  # drop the failed point's buffers before the next one
-    r.update(find_max_batch=True, device=jax.devices()[0].device_kind,
-             date=time.strftime("%Y-%m-%d"))
-    _report(r, out)
+    r["find_max_batch"] = True
+    _report(_with_floor(r, config, bandwidth), out)
     fits = b
     b *= 2
   return fits
@@ -177,7 +186,7 @@ def main(argv):
         for unroll in unrolls:
           for variant in variants:
             config = base.replace(tick_unroll=unroll, events_variant=variant)
-            key = (config.scan_unroll(b), _events_variant(config, b))
+            key = (config.scan_unroll(b, jax.default_backend()), _events_variant(config, b))
             if key in done:  # the same program as an earlier row (e.g. auto = 1 at B > 1)
               continue
             done.add(key)
@@ -188,15 +197,10 @@ def main(argv):
                     f"FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
               gc.collect()
               continue
-            floor = tick_floor_s(config, b, bw)
-            r.update(floor_us_per_tick=floor * 1e6,
-                     pct_of_floor=100 * floor * 1e6 / r["us_per_tick"], device=dev.device_kind,
-                     copy_bw_TBps=bw / 1e12, date=time.strftime("%Y-%m-%d"),
-                     bytes_per_neuron=STATE_BYTES_PER_NEURON)
-            _report(r, out)
+            _report(_with_floor(r, config, bw), out)
   if FLAGS.find_max_batch:
     config = BrainConfig(scale=FLAGS.scale, implementation=FLAGS.impls.split(",")[0])
-    fits = find_max_batch(config, FLAGS.max_batch_start, FLAGS.max_batch_limit, out)
+    fits = find_max_batch(config, FLAGS.max_batch_start, FLAGS.max_batch_limit, out, bw)
     print(f"largest B that fits with learning on ({config.implementation}, powers of 2 from "
           f"{FLAGS.max_batch_start} up to {FLAGS.max_batch_limit}): {fits}", flush=True)
 

@@ -230,7 +230,7 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   # loop predicate goes to the host) is a large part of a tick.
   (ns, acc, bg_gate_B), (rates_TxA, raster_TxS) = jax.lax.scan(
       tick, (state.neurons, acc0, state.bg_gate_B), jnp.asarray(phase_T, jnp.int32),
-      unroll=config.scan_unroll(bsz))
+      unroll=config.scan_unroll(bsz, jax.default_backend()))
   # Mean rate of each phase: a static [P, T] averaging matrix over the ticks.
   phase_avg_PxT = (np.arange(len(config.phases))[:, None] == phase_T[None, :]).astype(np.float32)
   phase_avg_PxT /= phase_avg_PxT.sum(axis=1, keepdims=True)

@@ -173,7 +173,7 @@ class BrainConfig:
   target_rate: float = 0.02
   implementation: Literal["xla", "pallas"] = "xla"
   # Ticks of the token's `lax.scan` unrolled into one loop iteration (`scan_unroll`):
-  # 0 = auto (all ticks_per_token for a single stream, where the loop's per-iteration
+  # 0 = auto (all ticks_per_token for a single stream on a GPU, where the loop's per-iteration
   # overhead, a predicate copied to the host, is a large part of a tick; else 1).
   tick_unroll: int = 0
   # Which Pallas event-driven kernel propagates a single stream (implementation="pallas",
@@ -237,7 +237,7 @@ class BrainConfig:
     if (isinstance(self.tick_unroll, bool) or not isinstance(self.tick_unroll, numbers.Integral)
         or self.tick_unroll < 0):
       raise ValueError(f"tick_unroll must be an integer >= 0 (0 = auto: all ticks of a token "
-                       f"when B = 1, else 1), got {self.tick_unroll!r}")
+                       f"when B = 1 on a GPU, else 1), got {self.tick_unroll!r}")
     if self.events_variant not in EVENTS_VARIANTS:
       raise ValueError(f"events_variant must be one of {EVENTS_VARIANTS}, got "
                        f"{self.events_variant!r}")
@@ -293,11 +293,14 @@ class BrainConfig:
   def max_phase_ticks(self) -> int:
     return max(p.ticks for p in self.phases)
 
-  def scan_unroll(self, batch: int) -> int:
-    """The `unroll` of the tick scan for `batch` streams (the one place it is chosen)."""
+  def scan_unroll(self, batch: int, platform: str = "gpu") -> int:
+    """The `unroll` of the tick scan for `batch` streams on `platform` (the one place it
+    is chosen). Auto unrolls all ticks only for one stream on a GPU, where each loop
+    iteration costs a host round trip and kernel launches; on a CPU it would only make
+    the compile longer."""
     if self.tick_unroll:
       return min(self.tick_unroll, self.ticks_per_token)
-    return self.ticks_per_token if batch == 1 else 1
+    return self.ticks_per_token if batch == 1 and platform == "gpu" else 1
 
   def decay(self, tau_ms: float) -> float:
     return math.exp(-self.dt_ms / tau_ms)

@@ -150,15 +150,18 @@ def kernels_on_this_device(monkeypatch):
 def test_scan_unroll_is_chosen_by_the_config():
   cfg = tiny_config()
   ticks = cfg.ticks_per_token
-  assert (cfg.scan_unroll(1), cfg.scan_unroll(3)) == (ticks, 1)  # auto
+  assert (cfg.scan_unroll(1), cfg.scan_unroll(3)) == (ticks, 1)  # auto, on a GPU
+  assert cfg.scan_unroll(1, "cpu") == 1  # on a CPU unrolling only lengthens the compile
   assert cfg.replace(tick_unroll=1).scan_unroll(1) == 1
   assert cfg.replace(tick_unroll=4).scan_unroll(3) == 4
   assert cfg.replace(tick_unroll=10 * ticks).scan_unroll(3) == ticks
-  # Auto at B = 1 leaves no loop over the ticks in the lowered step; tick_unroll=1 keeps it.
+  # A full unroll leaves no loop over the ticks in the lowered step; tick_unroll=1 keeps it;
+  # auto does what scan_unroll says for this backend.
   params, state = brain.init(cfg, jax.random.PRNGKey(0), batch=1)
   loops = lambda c: brain.cognitive_step.lower(params, state, jnp.array([3]), c).as_text().count(
       "stablehlo.while")
-  assert (loops(cfg), loops(cfg.replace(tick_unroll=1))) == (0, 1)
+  assert (loops(cfg.replace(tick_unroll=ticks)), loops(cfg.replace(tick_unroll=1))) == (0, 1)
+  assert loops(cfg) == (0 if cfg.scan_unroll(1, jax.default_backend()) == ticks else 1)
   for bad in (-1, 2.0, True, "4", None):
     with pytest.raises(ValueError, match="tick_unroll"):
       tiny_config(tick_unroll=bad)
@@ -171,15 +174,13 @@ def test_scan_unroll_is_chosen_by_the_config():
 def test_unrolled_tick_loop_matches_rolled(kernels_on_this_device, implementation, batch):
   """Unrolling changes how XLA schedules and fuses the ticks, not what they compute.
 
-  B = 1 (where auto unrolls): bitwise equal. B = 3: the same spikes, and floats equal to
+  B = 1 (where auto unrolls on a GPU): bitwise equal. B = 3: the same spikes, and floats equal to
   float rounding (measured: |diff| <= 5e-7 in currents and traces, 1 ulp in area rates),
   because XLA fuses the unrolled ticks' dense propagation and reductions (a dot over N, a
   mean over B) with another association order than the loop body's.
   """
   rolled = tiny_config(implementation=implementation, tick_unroll=1)
-  unrolled = rolled.replace(tick_unroll=0)  # auto: full at B = 1
-  if batch > 1:
-    unrolled = rolled.replace(tick_unroll=rolled.ticks_per_token)
+  unrolled = rolled.replace(tick_unroll=rolled.ticks_per_token)
   params, state = brain.init(rolled, jax.random.PRNGKey(11), batch=batch)
   params = params._replace(w_out=jax.random.normal(jax.random.PRNGKey(12), params.w_out.shape))
   tok = jnp.arange(batch) + 5
