@@ -1,7 +1,7 @@
 """The learning experiment: one pass over Shakespeare's training plays, bits/byte on the held-out ones.
 
   python -m experiments.learn --corpus_dir=shakespeare --out=out/learn_local \
-      --mode=local --batch=64 --chunk_len=32 --time_budget_s=420
+      --implementation=pallas --time_budget_s=600   # the defaults: B 128, L 4, Adam 3e-3, cosine
   python -m experiments.learn ... --ablate=stdp,dopamine        # mechanisms off
   python -m experiments.learn ... --mode=bptt --scale=0.05      # the BPTT control
   python -m experiments.learn ... --set_plasticity=eprop_lr=0.1 --set_brain=input_scale=2.0
@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
+import optax
 from absl import app, flags
 
 matplotlib.use("Agg")
@@ -72,9 +73,12 @@ _VOCAB = flags.DEFINE_integer("vocab_size", 4096, "BPE vocabulary size.")
 _MODE = flags.DEFINE_enum("mode", "local", ["local", "bptt"], "Learning mode (learning.train_chunk).")
 _SCALE = flags.DEFINE_float("scale", 1.0, "Brain size factor (1 = 79,872 neurons).")
 _ABLATE = flags.DEFINE_list("ablate", [], f"Mechanisms to switch off, of {MECHANISMS} (local mode).")
-_BATCH = flags.DEFINE_integer("batch", 64, "B: parallel training streams.")
-_CHUNK = flags.DEFINE_integer("chunk_len", 32, "L: tokens per stream per chunk (one optimizer step).")
+_BATCH = flags.DEFINE_integer("batch", 128, "B: parallel training streams.")
+_CHUNK = flags.DEFINE_integer("chunk_len", 4, "L: tokens per stream per chunk (one optimizer step).")
 _LR = flags.DEFINE_float("lr", 3e-3, "optax learning rate (readout, embeddings; all in bptt).")
+_LR_SCHEDULE = flags.DEFINE_enum("lr_schedule", "cosine", ["constant", "cosine"],
+                                 "constant: --lr throughout; cosine: from --lr down to 0 over the "
+                                 "planned chunks (optax.cosine_decay_schedule).")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 0, "Stop after this many training tokens (0 = all passes).")
 _PASSES = flags.DEFINE_integer("passes", 1, "Passes over the training stream (the stream repeated).")
 _TRAIN_FILES = flags.DEFINE_list("train_files", [], "Train on these local UTF-8 text files (globs allowed) "
@@ -325,12 +329,14 @@ def main(argv):
   if mode == "bptt":
     act_gb = clen * config.ticks_per_token * bsz * config.num_neurons * 4 * 8 / 1e9
     log(f"[learn] bptt keeps ~{act_gb:.1f} GB of activations per chunk (L x ticks x B x N x ~8 floats)")
-  optimizer = learning.make_optimizer(_LR.value)
-  ts = learning.init_train_state(config, pcfg, optimizer, jax.random.PRNGKey(_SEED.value), bsz, mode)
-  ts = ts._replace(params=ts.params._replace(b_out=jnp.asarray(readout.unigram_bias(data.train_ids, vocab))))
-
   streams = training_streams(data.train_ids, bsz, clen, _MAX_TOKENS.value, _PASSES.value)
   n_chunks = (streams.shape[1] - 1) // clen
+  lr = _LR.value
+  if _LR_SCHEDULE.value == "cosine":  # one optimizer step per chunk
+    lr = optax.cosine_decay_schedule(_LR.value, decay_steps=n_chunks)
+  optimizer = learning.make_optimizer(lr)
+  ts = learning.init_train_state(config, pcfg, optimizer, jax.random.PRNGKey(_SEED.value), bsz, mode)
+  ts = ts._replace(params=ts.params._replace(b_out=jnp.asarray(readout.unigram_bias(data.train_ids, vocab))))
   layout = evaluate.stream_layout(len(test_ids) - 1, _EVAL_BATCH.value, _EVAL_CHUNK.value)
   eval_calls = layout.position_BxT.shape[1] // _EVAL_CHUNK.value
   log(f"[learn] {n_chunks} chunks planned ({n_chunks * bsz * clen:,} tokens); evaluation = "
@@ -429,7 +435,7 @@ def main(argv):
 def _write_results(out, data, base, model, curve, heldout_curve, config, pcfg, key, timings):
   results = dict(
       flags={f: flags.FLAGS[f].value for f in (
-          "corpus_dir", "mode", "scale", "ablate", "batch", "chunk_len", "lr", "max_tokens",
+          "corpus_dir", "mode", "scale", "ablate", "batch", "chunk_len", "lr", "lr_schedule", "max_tokens",
           "time_budget_s", "eval_tokens", "eval_batch", "eval_chunk_len", "seed", "implementation",
           "set_brain", "set_plasticity", "vocab_size")},
       cache_key=key,

@@ -46,9 +46,13 @@ def trainable(params: Params, mode: str) -> dict[str, jax.Array]:
   return {n: getattr(params, n) for n in names}
 
 
-def make_optimizer(learning_rate: float, grad_clip: float = 1.0, weight_decay: float = 0.0
-                   ) -> optax.GradientTransformation:
-  """Adam(W) with global-norm clipping; `inject_hyperparams` so the rate can be lowered live."""
+def make_optimizer(learning_rate: float | optax.Schedule, grad_clip: float = 1.0,
+                   weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """Adam(W) with global-norm clipping; `inject_hyperparams` so the rate can be lowered live.
+
+  learning_rate: a number, or an optax schedule of the step (then the schedule sets the
+  rate every step; `train.Trainer`'s rollback, which lowers a constant rate, needs a number).
+  """
   return optax.chain(
       optax.clip_by_global_norm(grad_clip),
       optax.inject_hyperparams(optax.adamw)(learning_rate=learning_rate, weight_decay=weight_decay),

@@ -142,7 +142,7 @@ def plasticity_config_from(config: ml_collections.ConfigDict) -> PlasticityConfi
             for k, v in config.plasticity.to_dict().items()}
   try:
     return PlasticityConfig(**values)
-  except TypeError as e:
+  except (TypeError, ValueError) as e:
     raise ConfigError(f"config.plasticity: {e}") from e
 
 
