@@ -49,7 +49,6 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
-import optax
 from absl import app, flags
 
 matplotlib.use("Agg")
@@ -78,7 +77,7 @@ _CHUNK = flags.DEFINE_integer("chunk_len", 4, "L: tokens per stream per chunk (o
 _LR = flags.DEFINE_float("lr", 3e-3, "optax learning rate (readout, embeddings; all in bptt).")
 _LR_SCHEDULE = flags.DEFINE_enum("lr_schedule", "cosine", ["constant", "cosine"],
                                  "constant: --lr throughout; cosine: from --lr down to 0 over the "
-                                 "planned chunks (optax.cosine_decay_schedule).")
+                                 "planned chunks (learning.make_optimizer's decay_steps).")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 0, "Stop after this many training tokens (0 = all passes).")
 _PASSES = flags.DEFINE_integer("passes", 1, "Passes over the training stream (the stream repeated).")
 _TRAIN_FILES = flags.DEFINE_list("train_files", [], "Train on these local UTF-8 text files (globs allowed) "
@@ -331,10 +330,9 @@ def main(argv):
     log(f"[learn] bptt keeps ~{act_gb:.1f} GB of activations per chunk (L x ticks x B x N x ~8 floats)")
   streams = training_streams(data.train_ids, bsz, clen, _MAX_TOKENS.value, _PASSES.value)
   n_chunks = (streams.shape[1] - 1) // clen
-  lr = _LR.value
-  if _LR_SCHEDULE.value == "cosine":  # one optimizer step per chunk
-    lr = optax.cosine_decay_schedule(_LR.value, decay_steps=n_chunks)
-  optimizer = learning.make_optimizer(lr)
+  # One optimizer step per chunk: cosine decays the rate to 0 over the planned chunks.
+  decay_steps = n_chunks if _LR_SCHEDULE.value == "cosine" else 0
+  optimizer = learning.make_optimizer(_LR.value, decay_steps=decay_steps)
   ts = learning.init_train_state(config, pcfg, optimizer, jax.random.PRNGKey(_SEED.value), bsz, mode)
   ts = ts._replace(params=ts.params._replace(b_out=jnp.asarray(readout.unigram_bias(data.train_ids, vocab))))
   layout = evaluate.stream_layout(len(test_ids) - 1, _EVAL_BATCH.value, _EVAL_CHUNK.value)

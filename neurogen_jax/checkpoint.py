@@ -535,7 +535,9 @@ def restore_training_run(path: str | os.PathLike, *, device: jax.Device | None =
   meta = read_metadata(path)
   brain_config = config_from_dict(BrainConfig, meta["brain_config"])
   pcfg = config_from_dict(PlasticityConfig, meta["signature"]["plasticity_config"])
-  optimizer = learning.make_optimizer(meta["config"]["train"]["learning_rate"])
+  train = meta["config"]["train"]
+  optimizer = learning.make_optimizer(train["learning_rate"],
+                                      decay_steps=int(train.get("lr_decay_chunks", 0)))
   abstract = abstract_train_state(brain_config, pcfg, optimizer, meta["batch_size"], meta["mode"])
   return restore(path, abstract, device=device)
 

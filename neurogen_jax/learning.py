@@ -47,16 +47,23 @@ def trainable(params: Params, mode: str) -> dict[str, jax.Array]:
 
 
 def make_optimizer(learning_rate: float | optax.Schedule, grad_clip: float = 1.0,
-                   weight_decay: float = 0.0) -> optax.GradientTransformation:
+                   weight_decay: float = 0.0, decay_steps: int = 0) -> optax.GradientTransformation:
   """Adam(W) with global-norm clipping; `inject_hyperparams` so the rate can be lowered live.
 
   learning_rate: a number, or an optax schedule of the step (then the schedule sets the
-  rate every step; `train.Trainer`'s rollback, which lowers a constant rate, needs a number).
+    rate every step; `train.Trainer`'s rollback, which lowers the injected rate, needs a
+    number).
+  decay_steps: > 0 multiplies every update by a cosine from 1 down to 0 over that many
+    optimizer steps (0 after them), on top of the injected rate, so a rollback's lower
+    rate and the decay compose. 0: no decay.
   """
-  return optax.chain(
-      optax.clip_by_global_norm(grad_clip),
-      optax.inject_hyperparams(optax.adamw)(learning_rate=learning_rate, weight_decay=weight_decay),
-  )
+  if isinstance(decay_steps, bool) or not isinstance(decay_steps, int) or decay_steps < 0:
+    raise ValueError(f"decay_steps must be an integer >= 0 (0 = no decay), got {decay_steps!r}")
+  parts = [optax.clip_by_global_norm(grad_clip),
+           optax.inject_hyperparams(optax.adamw)(learning_rate=learning_rate, weight_decay=weight_decay)]
+  if decay_steps:
+    parts.append(optax.scale_by_schedule(optax.cosine_decay_schedule(1.0, decay_steps)))
+  return optax.chain(*parts)
 
 
 def init_train_state(config: BrainConfig, pcfg: PlasticityConfig, optimizer, key: jax.Array,

@@ -156,8 +156,8 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     if int(t[name]) < 1:
       raise ConfigError(f"train.{name} must be >= 1, got {t[name]} (chunk_len defaults to "
                         "tokens_per_chunk // batch_size).")
-  for name in ("max_chunks", "keep_checkpoints", "gpu_device", "max_rollbacks"):
-    if int(t[name]) < 0:
+  for name in ("max_chunks", "keep_checkpoints", "gpu_device", "max_rollbacks", "lr_decay_chunks"):
+    if int(t.get(name, 0)) < 0:
       raise ConfigError(f"train.{name} must be >= 0, got {t[name]}.")
   if int(t.max_nonfinite_chunks) < 1:
     raise ConfigError(f"train.max_nonfinite_chunks must be >= 1 (non-finite chunks in a row "
@@ -224,7 +224,8 @@ class Trainer:
     self._gates_fn = None
     self.plasticity_config = plasticity_config_from(config)
     self.optimizer = learning.make_optimizer(config.train.learning_rate, config.train.grad_clip,
-                                             config.train.weight_decay)
+                                             config.train.weight_decay,
+                                             int(config.train.get("lr_decay_chunks", 0)))
     self._dataset_kind = "config" if dataset is None else f"python:{type(dataset).__name__}"
     self._documents = data.as_documents(dataset) if dataset is not None else _documents(config.data)
     self._elapsed_s = 0.0
@@ -533,6 +534,9 @@ class Trainer:
                  "plasticity_config": checkpoint.config_to_dict(self.plasticity_config),
                  "mode": self.mode, "batch_size": self.batch_size, "chunk_len": self.chunk_len,
                  "data": source, "vocab_size": self.tokenizer.vocab_size}
+    decay = int(self.config.train.get("lr_decay_chunks", 0))
+    if decay:  # its optimizer state has the schedule's count (absent when 0: older checkpoints match)
+      signature["lr_decay_chunks"] = decay
     return json.loads(json.dumps(signature))
 
   def _archive_previous_run(self) -> None:

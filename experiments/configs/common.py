@@ -19,7 +19,9 @@ Sections (read by `neurogen_jax.train.Trainer`):
   train:      mode ('local' rules or the 'bptt' control), batch_size (B streams),
               tokens_per_chunk, chunk_len (L tokens per stream per chunk; by default
               tokens_per_chunk // batch_size), max_chunks (0 = until the data ends),
-              learning_rate, grad_clip, weight_decay, log_interval and
+              learning_rate, lr_decay_chunks (> 0: a cosine decay of the rate to 0
+              over that many chunks, on top of learning_rate; 0 = constant), grad_clip,
+              weight_decay, log_interval and
               checkpoint_interval (in chunks), keep_checkpoints, gpu_device;
               max_nonfinite_chunks (chunks in a row whose update was skipped for NaN/Inf
               before rolling back to the last checkpoint), rollback_lr_factor (the
@@ -95,6 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
       tokens_per_chunk=512,
       max_chunks=0,
       learning_rate=3e-3,
+      lr_decay_chunks=0,
       grad_clip=1.0,
       weight_decay=0.0,
       log_interval=100,
