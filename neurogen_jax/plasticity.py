@@ -22,10 +22,11 @@ own gradient with respect to its input features (symmetric e-prop, still local i
 no gradient flows through the spikes), the other areas keeping the random signal
 (`"symmetric"`) or getting none (`"readout"`, the default: with the input side trained by
 Adam, the random signals' noise measured harmful, docs/LEARNING.md); `eprop_areas`
-further limits which areas get a signal. With the pseudo-derivative and pre-synaptic traces the signal trains the
-pathway tiles (here, per token) and gives a gradient estimate for the input projection
-and the input side of the embedding, which `apply` returns (`InputGrads`) for the
-optimizer: those two are trained by optax like the readout, not by a rate of their own.
+further limits which areas get a signal. With the pseudo-derivative and pre-synaptic
+traces the signal trains the pathway tiles (here, per token) and gives a gradient estimate
+for the input projection and the input side of the embedding, which `apply` returns
+(`InputGrads`) for the optimizer: those two are trained by optax like the readout, not by
+a rate of their own.
 """
 
 from __future__ import annotations
@@ -205,9 +206,10 @@ def output_error(embed_VxD: jax.Array, logits_BxV: jax.Array, targets_B: jax.Arr
   return (p_BxV @ embed_VxD - embed_VxD[targets_B]) * (1.0 / np.sqrt(embed_VxD.shape[1]))
 
 
-def learning_signal(config: BrainConfig, pcfg: PlasticityConfig, params, feedback_DxN: jax.Array,
-                    err_BxD: jax.Array, features_BxNr: jax.Array | None = None,
-                    logits_BxV: jax.Array | None = None, targets_B: jax.Array | None = None) -> jax.Array:
+def learning_signal(config: BrainConfig, pcfg: PlasticityConfig, params,
+                    feedback_DxN: jax.Array, err_BxD: jax.Array,
+                    features_BxNr: jax.Array | None = None, logits_BxV: jax.Array | None = None,
+                    targets_B: jax.Array | None = None) -> jax.Array:
   """Each neuron's e-prop learning signal L [B, N] for one token.
 
   random: L = err @ feedback (a fixed random D x N matrix). symmetric: the readout area's
@@ -226,13 +228,14 @@ def learning_signal(config: BrainConfig, pcfg: PlasticityConfig, params, feedbac
       lg = readout.logits(params.embed, params.w_out, params.b_out, f_BxNr)
       return jnp.sum(readout.cross_entropy(lg, targets_B))
     g_BxNr = jax.grad(ce_sum)(jax.lax.stop_gradient(features_BxNr))
-    learn_BxN = learn_BxN.at[:, config.area_slice(config.readout_area)].set(jax.lax.stop_gradient(g_BxNr))
+    readout_sl = config.area_slice(config.readout_area)
+    learn_BxN = learn_BxN.at[:, readout_sl].set(jax.lax.stop_gradient(g_BxNr))
   if pcfg.eprop_areas is not None:
     unknown = [a for a in pcfg.eprop_areas if a not in config.area_names]
     if unknown:
       raise ValueError(f"eprop_areas names {unknown}, not areas of this brain {config.area_names}")
-    keep = np.isin(np.arange(len(config.areas)), [config.area_names.index(a) for a in pcfg.eprop_areas])
-    learn_BxN = learn_BxN * jnp.asarray(keep, jnp.float32)[params.conn.area_N]
+    keep_A = np.isin(config.area_names, pcfg.eprop_areas)
+    learn_BxN = learn_BxN * jnp.asarray(keep_A, jnp.float32)[params.conn.area_N]
   return learn_BxN
 
 
