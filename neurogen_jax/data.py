@@ -276,11 +276,12 @@ def _parquet_records(path: Path, skip: int) -> Iterator[tuple[str, int]]:
       if skip >= batch.num_rows:
         skip -= batch.num_rows
         continue
-      for value in batch.column(0).slice(skip).to_pylist():
-        if value is None:
-          yield "", 0
-        else:
-          yield _decode(value) if is_binary else (value, 0)
+      column = batch.column(0).slice(skip)
+      # Strings are read as their bytes: a damaged file can hold invalid UTF-8 in a string
+      # column, which pyarrow would raise on; `_decode` replaces and counts it instead.
+      raw_type = pa.large_binary() if pa.types.is_large_string(column_type) else pa.binary()
+      for value in (column if is_binary else column.cast(raw_type)).to_pylist():
+        yield ("", 0) if value is None else _decode(value)
       skip = 0
 
 

@@ -109,7 +109,8 @@ def test_empty_documents_are_skipped_and_counted(tmp_path):
 BAD_UTF8 = b"ab\xffcd\xc3(e\xef\xbf\xbdf"  # 2 invalid sequences and one genuine U+FFFD
 
 
-@pytest.mark.parametrize("name", ["d.txt", "d.jsonl", "d.jsonl.zst", "d.parquet"])
+@pytest.mark.parametrize("name", ["d.txt", "d.jsonl", "d.jsonl.zst", "d.parquet", "string.parquet",
+                                  "large_string.parquet"])
 def test_invalid_utf8_is_replaced_and_counted(tmp_path, name):
   path = tmp_path / name
   line = b'{"text": "' + BAD_UTF8 + b'"}\n'
@@ -119,8 +120,12 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path, name):
     path.write_bytes(line)
   elif name.endswith(".zst"):
     path.write_bytes(zstandard.ZstdCompressor().compress(line))
-  else:
+  elif name == "d.parquet":
     pq.write_table(pa.table({"text": pa.array([BAD_UTF8], pa.binary())}), path)
+  else:  # a string column holding invalid UTF-8 (a damaged file; found by the fuzz test)
+    kind = pa.large_string() if name.startswith("large") else pa.string()
+    raw = pa.large_binary() if name.startswith("large") else pa.binary()
+    pq.write_table(pa.table({"text": pa.array([BAD_UTF8], raw).view(kind)}), path)
   docs, stats = read_all(path)
   assert docs == ["ab\ufffdcd\ufffd(e\ufffdf"]
   assert stats.replacement_chars == 2
