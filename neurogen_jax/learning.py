@@ -46,13 +46,10 @@ def trainable(params: Params, mode: str) -> dict[str, jax.Array]:
   return {n: getattr(params, n) for n in names}
 
 
-def make_optimizer(learning_rate: float | optax.Schedule, grad_clip: float = 1.0,
-                   weight_decay: float = 0.0, decay_steps: int = 0) -> optax.GradientTransformation:
+def make_optimizer(learning_rate: float, grad_clip: float = 1.0, weight_decay: float = 0.0,
+                   decay_steps: int = 0) -> optax.GradientTransformation:
   """Adam(W) with global-norm clipping; `inject_hyperparams` so the rate can be lowered live.
 
-  learning_rate: a number, or an optax schedule of the step (then the schedule sets the
-    rate every step; `train.Trainer`'s rollback, which lowers the injected rate, needs a
-    number).
   decay_steps: > 0 multiplies every update by a cosine from 1 down to 0 over that many
     optimizer steps (0 after them), on top of the injected rate, so a rollback's lower
     rate and the decay compose. 0: no decay.
@@ -90,33 +87,35 @@ class ChunkMetrics(NamedTuple):
 
 def _local_chunk(config, pcfg, ts: TrainState, inputs_BxL, targets_BxL, axis_name=None):
   collect = pcfg.any_brain_rule
-  p0 = ts.params
-  # The chunk's e-prop gradient estimates for the input side, summed over its tokens.
-  g_in0 = (jnp.zeros(p0.w_in.shape, jnp.float32), jnp.zeros(p0.embed.shape, jnp.float32))
+  # The chunk's e-prop gradient estimates for the input side, summed over its tokens
+  # (none carried with e-prop off: those gradients are zero).
+  g_in0 = None
+  if pcfg.eprop:
+    g_in0 = tuple(jnp.zeros(x.shape, jnp.float32) for x in (ts.params.w_in, ts.params.embed))
 
   def body(carry, xs):
-    params, bstate, pstate, (g_w_in, g_embed) = carry
+    params, bstate, pstate, g_in = carry
     tok_B, tgt_B = xs
     bstate, logits_BxV, aux = brain.cognitive_step(params, bstate, tok_B, config, collect=collect)
     ce_B = readout.cross_entropy(logits_BxV, tgt_B)
     params, bstate, pstate, pstats, in_g = plasticity.apply(
         config, pcfg, params, bstate, pstate, aux, logits_BxV, tgt_B, ce_B, tok_B, axis_name)
     if in_g is not None:
-      g_w_in = g_w_in + in_g.w_in_DxNin
-      g_embed = g_embed.at[in_g.tokens_B].add(in_g.embed_rows_BxD)
+      g_in = (g_in[0] + in_g.w_in_DxNin, g_in[1].at[in_g.tokens_B].add(in_g.embed_rows_BxD))
     correct_B = (jnp.argmax(logits_BxV, -1) == tgt_B).astype(jnp.float32)
     rate_A = jnp.mean(aux.rates_PxA, axis=0)
     feats = aux.features_BxNr.astype(jnp.bfloat16)
-    return (params, bstate, pstate, (g_w_in, g_embed)), (ce_B, correct_B, rate_A, pstats, feats)
+    return (params, bstate, pstate, g_in), (ce_B, correct_B, rate_A, pstats, feats)
 
-  (params, bstate, pstate, (g_w_in, g_embed)), (ce_LxB, cor_LxB, rate_LxA, pstats, feats_LxBxNr) = (
-      jax.lax.scan(body, (ts.params, ts.brain_state, ts.plastic, g_in0), (inputs_BxL.T, targets_BxL.T)))
+  (params, bstate, pstate, g_in), (ce_LxB, cor_LxB, rate_LxA, pstats, feats_LxBxNr) = jax.lax.scan(
+      body, (ts.params, ts.brain_state, ts.plastic, g_in0), (inputs_BxL.T, targets_BxL.T))
   # The readout learns from the whole chunk at once: one [L*B] minibatch of Broca features.
   feats = feats_LxBxNr.reshape(-1, feats_LxBxNr.shape[-1]).astype(jnp.float32)
   grads = jax.grad(_readout_loss)(trainable(params, "local"), feats, targets_BxL.T.reshape(-1))
-  n_tok = inputs_BxL.shape[1]
-  grads["w_in"] = grads["w_in"] + g_w_in / n_tok
-  grads["embed"] = grads["embed"] + g_embed / n_tok
+  if g_in is not None:
+    n_tok = inputs_BxL.shape[1]
+    grads["w_in"] = grads["w_in"] + g_in[0] / n_tok
+    grads["embed"] = grads["embed"] + g_in[1] / n_tok
   return params, bstate, pstate, grads, ce_LxB, cor_LxB, rate_LxA, pstats
 
 

@@ -95,6 +95,11 @@ class PlasticityConfig:
                        f"{self.eprop_areas!r}")
 
   @property
+  def uses_random_feedback(self) -> bool:
+    """Whether a learning signal (e-prop, or replay's) is formed with the random matrix."""
+    return (self.eprop or self.replay) and self.eprop_feedback != "readout"
+
+  @property
   def any_brain_rule(self) -> bool:
     """Whether the step must collect the per-neuron plasticity factors."""
     return self.eprop or self.stdp or self.dopamine or self.tagging or self.replay or self.homeostasis
@@ -107,7 +112,8 @@ class PlasticState(NamedTuple):
   """Learning state (shared by streams).
 
   reward_mean, protein: scalars. early_W / tag_W: tiles-shaped (empty when tagging off).
-  feedback_DxN: fixed random e-prop feedback (empty when e-prop and replay are off).
+  feedback_DxN: fixed random e-prop feedback (empty when no rule uses it: e-prop and replay
+    off, or `eprop_feedback="readout"`).
   replay_*: hippocampal ring buffer of M episodes (empty when replay off).
   update_scale: running mean |dW| (the tag threshold's unit), from earlier tokens.
   in_mean_2xN: each neuron's mean excitatory / inhibitory incoming magnitude after the
@@ -156,7 +162,7 @@ def init_plastic_state(config: BrainConfig, pcfg: PlasticityConfig) -> PlasticSt
   tiles_shape = (r, k, t, t) if pcfg.tagging else (0, 0, 0, 0)
   fb = (0, 0)
   feedback = jnp.zeros(fb, jnp.bfloat16)
-  if pcfg.eprop or pcfg.replay:
+  if pcfg.uses_random_feedback:
     feedback = (jax.random.normal(jax.random.PRNGKey(pcfg.feedback_seed), (d, n), jnp.float32)
                 / np.sqrt(d)).astype(jnp.bfloat16)
   m = pcfg.replay_size if pcfg.replay else 0
@@ -206,37 +212,35 @@ def output_error(embed_VxD: jax.Array, logits_BxV: jax.Array, targets_B: jax.Arr
   return (p_BxV @ embed_VxD - embed_VxD[targets_B]) * (1.0 / np.sqrt(embed_VxD.shape[1]))
 
 
-def learning_signal(config: BrainConfig, pcfg: PlasticityConfig, params,
-                    feedback_DxN: jax.Array, err_BxD: jax.Array,
-                    features_BxNr: jax.Array | None = None, logits_BxV: jax.Array | None = None,
-                    targets_B: jax.Array | None = None) -> jax.Array:
-  """Each neuron's e-prop learning signal L [B, N] for one token.
+def learning_signal(config: BrainConfig, pcfg: PlasticityConfig, params, feedback_DxN: jax.Array,
+                    features_BxNr: jax.Array, logits_BxV: jax.Array, targets_B: jax.Array
+                    ) -> jax.Array:
+  """Each neuron's e-prop learning signal L [B, N] for one token (no gradient flows back).
 
-  random: L = err @ feedback (a fixed random D x N matrix). symmetric: the readout area's
-  neurons get the readout's exact gradient dCE/dfeature of each stream instead (the
-  readout is one layer, so this is local in time); the other areas keep the random one.
-  readout: as symmetric, and the other areas get no signal. Without the features (the
-  readout's input) only the random part can be formed. `eprop_areas` zeroes the signal
-  outside the named areas.
+  random: L = err @ feedback, err the output error (`output_error`) broadcast through a
+  fixed random D x N matrix. symmetric: the readout area's neurons get the readout's exact
+  gradient dCE/dfeature of each stream instead (the readout is one layer, so this is local
+  in time); the other areas keep the random one. readout: as symmetric, and the other
+  areas get no signal. `eprop_areas` zeroes the signal outside the named areas.
   """
-  if pcfg.eprop_feedback == "readout" and features_BxNr is not None:
-    learn_BxN = jnp.zeros((err_BxD.shape[0], config.num_neurons), jnp.float32)
+  if pcfg.eprop_feedback == "readout":
+    learn_BxN = jnp.zeros((targets_B.shape[0], config.num_neurons), jnp.float32)
   else:
+    err_BxD = output_error(params.embed, logits_BxV, targets_B)
     learn_BxN = err_BxD @ feedback_DxN.astype(jnp.float32)
-  if pcfg.eprop_feedback in ("symmetric", "readout") and features_BxNr is not None:
+  if pcfg.eprop_feedback in ("symmetric", "readout"):
     def ce_sum(f_BxNr):
       lg = readout.logits(params.embed, params.w_out, params.b_out, f_BxNr)
       return jnp.sum(readout.cross_entropy(lg, targets_B))
-    g_BxNr = jax.grad(ce_sum)(jax.lax.stop_gradient(features_BxNr))
-    readout_sl = config.area_slice(config.readout_area)
-    learn_BxN = learn_BxN.at[:, readout_sl].set(jax.lax.stop_gradient(g_BxNr))
+    g_BxNr = jax.grad(ce_sum)(features_BxNr)
+    learn_BxN = learn_BxN.at[:, config.area_slice(config.readout_area)].set(g_BxNr)
   if pcfg.eprop_areas is not None:
     unknown = [a for a in pcfg.eprop_areas if a not in config.area_names]
     if unknown:
       raise ValueError(f"eprop_areas names {unknown}, not areas of this brain {config.area_names}")
     keep_A = np.isin(config.area_names, pcfg.eprop_areas)
     learn_BxN = learn_BxN * jnp.asarray(keep_A, jnp.float32)[params.conn.area_N]
-  return learn_BxN
+  return jax.lax.stop_gradient(learn_BxN)
 
 
 def _eprop_tiles(config, params, learn_BxN, pre_BxN, post_BxN, lr):
@@ -299,21 +303,17 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
   stats["dopamine"] = _stream_mean(dopamine_B, axis_name)
   stats["reward_mean"] = reward_mean
 
-  err_BxD = None
-  if pcfg.eprop or pcfg.replay:
-    err_BxD = jax.lax.stop_gradient(output_error(params.embed, logits_BxV, targets_B))
-
   input_grads = None
   if pcfg.eprop:
-    learn_BxN = learning_signal(config, pcfg, params, pstate.feedback_DxN, err_BxD, aux.features_BxNr,
+    learn_BxN = learning_signal(config, pcfg, params, pstate.feedback_DxN, aux.features_BxNr,
                                 logits_BxV, targets_B)
     d_W = d_W + _eprop_tiles(config, params, learn_BxN, aux.pre_BxN, aux.post_BxN, pcfg.eprop_lr * unit)
     # Input projection and the input side of the embedding: the same signal, as a gradient
     # estimate for the optimizer (eligibility = token drive x pseudo-derivative).
     g_BxNin = (learn_BxN * aux.post_BxN)[:, :config.input_size]
     x_BxD = params.embed[tokens_B] * bstate.thal_gate_B[:, None]
-    input_grads = InputGrads(w_in_DxNin=(x_BxD.T @ g_BxNin) / bsz,
-                             embed_rows_BxD=(g_BxNin @ params.w_in.T) * bstate.thal_gate_B[:, None] / bsz,
+    rows_BxD = (g_BxNin @ params.w_in.T) * bstate.thal_gate_B[:, None]
+    input_grads = InputGrads(w_in_DxNin=(x_BxD.T @ g_BxNin) / bsz, embed_rows_BxD=rows_BxD / bsz,
                              tokens_B=tokens_B)
 
   # 1 + 2. Hebbian family in one factorised GEMM: STDP (LTP - LTD) and dopamine-gated LTP.
@@ -405,9 +405,8 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
         return jnp.mean(readout.cross_entropy(lg, tgt)), lg
 
       (_, lg), (g_w, g_b) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(w_out, b_out)
-      err = output_error(params.embed, lg, tgt)
-      learn = learning_signal(config, pcfg, params._replace(w_out=w_out, b_out=b_out), pstate.feedback_DxN,
-                              err, feat, lg, tgt)
+      learn = learning_signal(config, pcfg, params._replace(w_out=w_out, b_out=b_out),
+                              pstate.feedback_DxN, feat, lg, tgt)
       d_r = _eprop_tiles(config, params, learn, p_fields["replay_pre_MxN"][idx].astype(jnp.float32),
                          p_fields["replay_post_MxN"][idx].astype(jnp.float32), pcfg.eprop_lr * unit)
       return tiles + d_r, w_out - pcfg.replay_lr * g_w, b_out - pcfg.replay_lr * g_b

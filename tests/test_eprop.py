@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from neurogen_jax import brain, learning, plasticity
+from neurogen_jax import brain, learning, plasticity, readout
 from neurogen_jax.config import tiny_config
 from neurogen_jax.plasticity import PlasticityConfig
 
@@ -51,13 +51,21 @@ def test_symmetric_eprop_input_gradient_aligns_with_bptt(grads):
   assert abs(rnd) < 0.3  # measured 0.02
 
 
+def _signal_inputs(cfg, batch=2):
+  """(params with a random readout, features, logits, targets) for one token."""
+  params, _ = brain.init(cfg, jax.random.PRNGKey(0), batch)
+  params = params._replace(w_out=jax.random.normal(jax.random.PRNGKey(2), params.w_out.shape))
+  feats = jax.random.uniform(jax.random.PRNGKey(3), (batch, cfg.readout_size))
+  targets = jnp.arange(batch) + 1
+  return params, feats, readout.logits(params.embed, params.w_out, params.b_out, feats), targets
+
+
 def test_eprop_areas_limits_the_signal():
   cfg = tiny_config()
   pcfg = PlasticityConfig(eprop_feedback="random", eprop_areas=("broca", "pfc"))
-  params, _ = brain.init(cfg, jax.random.PRNGKey(0), 2)
+  params, feats, lg, targets = _signal_inputs(cfg)
   fb = plasticity.init_plastic_state(cfg, pcfg).feedback_DxN
-  err = jax.random.normal(jax.random.PRNGKey(1), (2, cfg.embedding_dim))
-  sig = np.asarray(plasticity.learning_signal(cfg, pcfg, params, fb, err))
+  sig = np.asarray(plasticity.learning_signal(cfg, pcfg, params, fb, feats, lg, targets))
   for name in cfg.area_names:
     part = sig[:, cfg.area_slice(name)]
     if name in ("broca", "pfc"):
@@ -65,7 +73,8 @@ def test_eprop_areas_limits_the_signal():
     else:
       assert np.all(part == 0), name
   with pytest.raises(ValueError, match="not areas of this brain"):
-    plasticity.learning_signal(cfg, pcfg.replace(eprop_areas=("cortex",)), params, fb, err)
+    plasticity.learning_signal(cfg, pcfg.replace(eprop_areas=("cortex",)), params, fb, feats, lg,
+                               targets)
 
 
 def test_plasticity_config_rejects_bad_feedback():
@@ -78,15 +87,10 @@ def test_plasticity_config_rejects_bad_feedback():
 def test_readout_feedback_reaches_only_the_readout_area():
   cfg = tiny_config()
   pcfg = PlasticityConfig(eprop_feedback="readout")
-  params, _ = brain.init(cfg, jax.random.PRNGKey(0), 2)
-  params = params._replace(w_out=jax.random.normal(jax.random.PRNGKey(2), params.w_out.shape))
+  params, feats, lg, targets = _signal_inputs(cfg)
   fb = plasticity.init_plastic_state(cfg, pcfg).feedback_DxN
-  feats = jax.random.uniform(jax.random.PRNGKey(3), (2, cfg.readout_size))
-  targets = jnp.array([1, 2])
-  from neurogen_jax import readout
-  lg = readout.logits(params.embed, params.w_out, params.b_out, feats)
-  err = plasticity.output_error(params.embed, lg, targets)
-  sig = np.asarray(plasticity.learning_signal(cfg, pcfg, params, fb, err, feats, lg, targets))
+  assert fb.size == 0  # no random matrix is kept when nothing uses it
+  sig = np.asarray(plasticity.learning_signal(cfg, pcfg, params, fb, feats, lg, targets))
   broca = cfg.area_slice(cfg.readout_area)
   want = jax.grad(lambda f: jnp.sum(readout.cross_entropy(
       readout.logits(params.embed, params.w_out, params.b_out, f), targets)))(feats)
