@@ -110,6 +110,9 @@ def _leaf_spec(path, leaf) -> P:
     spec = _STREAM_NEURON
   else:
     spec = next((_LEAF_SPECS[n] for n in reversed(names) if n in _LEAF_SPECS), P())
+  if 0 in leaf.shape:
+    # An empty leaf (a switched-off rule's state) has nothing to split.
+    return P()
   if len(spec) > len(leaf.shape):
     raise ValueError(f"leaf {'.'.join(names)} of shape {leaf.shape} cannot take sharding {spec}")
   return spec
@@ -249,13 +252,51 @@ def sharded_train_chunk(mesh: Mesh, ts: Any, *, config: BrainConfig, pcfg: Plast
     # check_vma=False: the brain's scans and conds mix per-stream and shared values
     # without pvary annotations; the hook makes every shared output equal on all devices.
     manual = {DATA} if mesh.shape[MODEL] > 1 else set(mesh.axis_names)
-    step = jax.shard_map(functools.partial(step, axis_name=DATA), mesh=mesh,
-                         in_specs=(streams, P(DATA), P(DATA)), out_specs=(streams, metrics),
-                         axis_names=manual, check_vma=False)
+    treedef, empty = jax.tree.structure(ts), _empty_leaves(ts)
+    kept_specs = _drop_empty(jax.tree.map(lambda _, spec: spec, ts, streams), empty)
+    mapped = jax.shard_map(_without_empty(functools.partial(step, axis_name=DATA), treedef, empty),
+                           mesh=mesh, in_specs=(kept_specs, P(DATA), P(DATA)),
+                           out_specs=(kept_specs, metrics), axis_names=manual, check_vma=False)
+
+    def step(ts, inputs_BxL, targets_BxL):
+      kept, metrics = mapped(_drop_empty(ts, empty), inputs_BxL, targets_BxL)
+      return _with_empty(kept, treedef, empty), metrics
   ts_shardings = train_state_shardings(ts, mesh)
   tokens = batch_sharding(mesh)
   return jax.jit(step, in_shardings=(ts_shardings, tokens, tokens),
                  out_shardings=(ts_shardings, NamedSharding(mesh, P())), donate_argnums=(0,))
+
+
+# XLA:CPU (jax 0.11.2) segfaults compiling a `shard_map` or `pmap` that takes or returns a
+# zero-size array, and a switched-off rule keeps its state as such arrays. They hold
+# nothing, so the mapped step sees only the other leaves and rebuilds the empty ones as
+# zeros of their shape and dtype; so does its caller.
+
+
+def _empty_leaves(tree: Any, lead: int = 0) -> tuple:
+  """((leaf index, shape without the first `lead` axes, dtype), ...) of the zero-size leaves."""
+  return tuple((i, tuple(leaf.shape[lead:]), np.dtype(leaf.dtype))
+               for i, leaf in enumerate(jax.tree.leaves(tree)) if 0 in leaf.shape)
+
+
+def _drop_empty(tree: Any, empty: tuple) -> list:
+  gone = {i for i, _, _ in empty}
+  return [leaf for i, leaf in enumerate(jax.tree.leaves(tree)) if i not in gone]
+
+
+def _with_empty(kept: list, treedef, empty: tuple, lead: tuple = (), zeros=jnp.zeros) -> Any:
+  shapes = {i: (lead + shape, dtype) for i, shape, dtype in empty}
+  it = iter(kept)
+  return treedef.unflatten([zeros(*shapes[i]) if i in shapes else next(it)
+                            for i in range(treedef.num_leaves)])
+
+
+def _without_empty(step, treedef, empty: tuple):
+  """step(ts, *args) -> (ts, out) as a function of the non-empty leaves of ts."""
+  def inner(kept, *args):
+    new_ts, out = step(_with_empty(kept, treedef, empty), *args)
+    return _drop_empty(new_ts, empty), out
+  return inner
 
 
 def _split_streams_by_hand(mesh: Mesh, mode: str) -> bool:
@@ -308,10 +349,11 @@ def pmap_join(ts_D: TrainState) -> TrainState:
 
 
 @functools.lru_cache(maxsize=None)
-def _pmapped_train_chunk(config, pcfg, optimizer, mode, num_devices):
+def _pmapped_train_chunk(config, pcfg, optimizer, mode, num_devices, treedef, empty):
   step = functools.partial(learning.train_chunk, config=config, pcfg=pcfg, optimizer=optimizer,
                            mode=mode, axis_name=PMAP_AXIS)
-  return jax.pmap(step, axis_name=PMAP_AXIS, devices=jax.local_devices()[:num_devices])
+  return jax.pmap(_without_empty(step, treedef, empty), axis_name=PMAP_AXIS,
+                  devices=jax.local_devices()[:num_devices])
 
 
 def pmap_train_chunk(ts_D: TrainState, inputs_BxL: Any, targets_BxL: Any, *, config: BrainConfig,
@@ -326,8 +368,10 @@ def pmap_train_chunk(ts_D: TrainState, inputs_BxL: Any, targets_BxL: Any, *, con
   """
   n = ts_D.step.shape[0]
   split = lambda x: np.asarray(x).reshape((n, -1) + np.shape(x)[1:])
-  step = _pmapped_train_chunk(config, pcfg, optimizer, mode, n)
-  ts_D, m_D = step(ts_D, split(inputs_BxL), split(targets_BxL))
+  treedef, empty = jax.tree.structure(ts_D), _empty_leaves(ts_D, lead=1)
+  step = _pmapped_train_chunk(config, pcfg, optimizer, mode, n, treedef, empty)
+  kept_D, m_D = step(_drop_empty(ts_D, empty), split(inputs_BxL), split(targets_BxL))
+  ts_D = _with_empty(kept_D, treedef, empty, lead=(n,), zeros=np.zeros)
   # Per-token [D, B/D, L] fields join into [B, L]; the rest is equal on every device.
   metrics = learning.ChunkMetrics(**{
       f: jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]) if f.endswith("_BxL") else x[0],
