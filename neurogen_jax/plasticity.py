@@ -21,8 +21,10 @@ random feedback matrix (`eprop_feedback="random"`), or, for the readout area, th
 own gradient with respect to its input features (symmetric e-prop, still local in time:
 no gradient flows through the spikes), the other areas keeping the random signal
 (`"symmetric"`) or getting none (`"readout"`, the default: with the input side trained by
-Adam, the random signals' noise measured harmful, docs/LEARNING.md); `eprop_areas`
-further limits which areas get a signal. With the pseudo-derivative and pre-synaptic
+Adam, the random signals' noise measured harmful, docs/LEARNING.md). With
+`eprop_hops` > 0 the readout area's signal is sent back through the synaptic weights to
+the areas that project into it, and on, one pathway layer per hop (backprop in space,
+still local in time); `eprop_areas` further limits which areas get a signal. With the pseudo-derivative and pre-synaptic
 traces the signal trains the pathway tiles (here, per token) and gives a gradient estimate
 for the input projection and the input side of the embedding, which `apply` returns
 (`InputGrads`) for the optimizer: those two are trained by optax like the readout, not by
@@ -63,6 +65,10 @@ class PlasticityConfig:
   eprop_lr: float = 3.0
   eprop_feedback: Literal["random", "symmetric", "readout"] = "readout"
   eprop_areas: tuple[str, ...] | None = None  # None: every area gets a learning signal
+  # With "readout" feedback: send the readout area's signal back through the tiles this many
+  # pathway layers (0: the readout area alone learns by e-prop); see `learning_signal`.
+  eprop_hops: int = 0
+  eprop_hop_scale: float = 1.0  # multiplies the signal of every area reached by a hop
   stdp_lr: float = 0.01
   stdp_ltd: float = 1.05
   dopamine_lr: float = 0.05
@@ -89,6 +95,10 @@ class PlasticityConfig:
     if self.eprop_feedback not in ("random", "symmetric", "readout"):
       raise ValueError(f"eprop_feedback must be 'random', 'symmetric' or 'readout', got "
                        f"{self.eprop_feedback!r}")
+    if self.eprop_hops < 0 or (self.eprop_hops and self.eprop_feedback != "readout"):
+      raise ValueError(f"eprop_hops must be >= 0 and needs eprop_feedback='readout' (the "
+                       f"other modes give every area a random signal already), got "
+                       f"eprop_hops={self.eprop_hops} with {self.eprop_feedback!r}")
     if self.eprop_areas is not None and (isinstance(self.eprop_areas, str)
                                          or not all(isinstance(a, str) for a in self.eprop_areas)):
       raise ValueError(f"eprop_areas must be a tuple of area names (or None for all), got "
@@ -212,16 +222,52 @@ def output_error(embed_VxD: jax.Array, logits_BxV: jax.Array, targets_B: jax.Arr
   return (p_BxV @ embed_VxD - embed_VxD[targets_B]) * (1.0 / np.sqrt(embed_VxD.shape[1]))
 
 
+def hop_areas(config: BrainConfig, hops: int) -> list[tuple[str, ...]]:
+  """The areas `learning_signal` reaches at each of `hops` pathway layers back from the
+  readout area: those with a pathway into the layer before, not reached yet."""
+  reached, frontier, layers = {config.readout_area}, {config.readout_area}, []
+  for _ in range(hops):
+    new = {p.source for p in config.pathways if p.target in frontier} - reached
+    if not new:
+      break
+    layers.append(tuple(a for a in config.area_names if a in new))
+    reached |= new
+    frontier = new
+  return layers
+
+
+def _back_through_tiles(config: BrainConfig, params, delta_BxN: jax.Array) -> jax.Array:
+  """The transpose of the synaptic current: dI/d(pre)^T delta, [B, N] float32.
+
+  With I_post = sum_pre gain x W x sign_pre x pre (phase gains averaged, as the tile
+  updates take them), delta = dCE/dI_post gives dCE/d(pre) of every presynaptic neuron.
+  """
+  gain_RxK = tile_gain_sign(config, params.conn.pathway_RxK)
+  sign_N = params.conn.sign_N.astype(params.tiles.dtype)
+
+  def current(pre_BxN):
+    return ops.propagate(pre_BxN * sign_N, params.tiles, params.conn.col_RxK, gain_RxK,
+                         config.implementation, events_variant=config.events_variant)
+
+  _, vjp = jax.vjp(current, jnp.zeros(delta_BxN.shape, params.tiles.dtype))
+  return vjp(delta_BxN.astype(jnp.float32))[0].astype(jnp.float32)
+
+
 def learning_signal(config: BrainConfig, pcfg: PlasticityConfig, params, feedback_DxN: jax.Array,
-                    features_BxNr: jax.Array, logits_BxV: jax.Array, targets_B: jax.Array
-                    ) -> jax.Array:
+                    features_BxNr: jax.Array, logits_BxV: jax.Array, targets_B: jax.Array,
+                    post_BxN: jax.Array | None = None) -> jax.Array:
   """Each neuron's e-prop learning signal L [B, N] for one token (no gradient flows back).
 
   random: L = err @ feedback, err the output error (`output_error`) broadcast through a
   fixed random D x N matrix. symmetric: the readout area's neurons get the readout's exact
   gradient dCE/dfeature of each stream instead (the readout is one layer, so this is local
   in time); the other areas keep the random one. readout: as symmetric, and the other
-  areas get no signal. `eprop_areas` zeroes the signal outside the named areas.
+  areas get no signal, unless `eprop_hops` > 0: then the signal goes back through the
+  synaptic weights, layer by layer (`hop_areas`): a neuron that projects into signalled
+  neurons gets L_j = sign_j sum_i gain W_ij L_i psi_i over them (psi = `post_BxN`, the
+  pseudo-derivatives): backprop in space through the pathways, still local in time
+  (times `eprop_hop_scale`, which the next hop then carries on).
+  `eprop_areas` zeroes the signal outside the named areas.
   """
   if pcfg.eprop_feedback == "readout":
     learn_BxN = jnp.zeros((targets_B.shape[0], config.num_neurons), jnp.float32)
@@ -234,6 +280,18 @@ def learning_signal(config: BrainConfig, pcfg: PlasticityConfig, params, feedbac
       return jnp.sum(readout.cross_entropy(lg, targets_B))
     g_BxNr = jax.grad(ce_sum)(features_BxNr)
     learn_BxN = learn_BxN.at[:, config.area_slice(config.readout_area)].set(g_BxNr)
+  if pcfg.eprop_hops:
+    if post_BxN is None:
+      raise ValueError("eprop_hops > 0 needs post_BxN (the pseudo-derivatives) to send the "
+                       "signal back through the tiles")
+    area_names = np.asarray(config.area_names)
+    frontier_A = area_names == config.readout_area
+    for layer in hop_areas(config, pcfg.eprop_hops):
+      frontier_N = jnp.asarray(frontier_A, jnp.float32)[params.conn.area_N]
+      back_BxN = _back_through_tiles(config, params, learn_BxN * post_BxN * frontier_N)
+      frontier_A = np.isin(area_names, layer)
+      learn_BxN = learn_BxN + back_BxN * jnp.asarray(frontier_A * pcfg.eprop_hop_scale,
+                                                      jnp.float32)[params.conn.area_N]
   if pcfg.eprop_areas is not None:
     unknown = [a for a in pcfg.eprop_areas if a not in config.area_names]
     if unknown:
@@ -306,7 +364,7 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
   input_grads = None
   if pcfg.eprop:
     learn_BxN = learning_signal(config, pcfg, params, pstate.feedback_DxN, aux.features_BxNr,
-                                logits_BxV, targets_B)
+                                logits_BxV, targets_B, aux.post_BxN)
     d_W = d_W + _eprop_tiles(config, params, learn_BxN, aux.pre_BxN, aux.post_BxN, pcfg.eprop_lr * unit)
     # Input projection and the input side of the embedding: the same signal, as a gradient
     # estimate for the optimizer (eligibility = token drive x pseudo-derivative).
@@ -405,10 +463,11 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
         return jnp.mean(readout.cross_entropy(lg, tgt)), lg
 
       (_, lg), (g_w, g_b) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(w_out, b_out)
+      post = p_fields["replay_post_MxN"][idx].astype(jnp.float32)
       learn = learning_signal(config, pcfg, params._replace(w_out=w_out, b_out=b_out),
-                              pstate.feedback_DxN, feat, lg, tgt)
+                              pstate.feedback_DxN, feat, lg, tgt, post)
       d_r = _eprop_tiles(config, params, learn, p_fields["replay_pre_MxN"][idx].astype(jnp.float32),
-                         p_fields["replay_post_MxN"][idx].astype(jnp.float32), pcfg.eprop_lr * unit)
+                         post, pcfg.eprop_lr * unit)
       return tiles + d_r, w_out - pcfg.replay_lr * g_w, b_out - pcfg.replay_lr * g_b
 
     tiles, w_out, b_out = jax.lax.cond(do_replay, replay, lambda o: o, (tiles, params.w_out, params.b_out))

@@ -137,6 +137,18 @@ def brain_config_from(config: ml_collections.ConfigDict, vocab_size: int) -> Bra
     raise ConfigError(f"config.brain: {e}") from e
 
 
+def with_new_config_fields(signature: dict) -> dict:
+  """A checkpoint's resume signature with the BrainConfig / PlasticityConfig fields added
+  since it was written filled in at their defaults (a new field's default keeps the old
+  behaviour), so that adding an option does not refuse older checkpoints."""
+  out = dict(signature)
+  for key, cls in (("brain_config", BrainConfig), ("plasticity_config", PlasticityConfig)):
+    if isinstance(out.get(key), dict):
+      defaults = json.loads(json.dumps(checkpoint.config_to_dict(cls())))
+      out[key] = {**{k: v for k, v in defaults.items() if k not in out[key]}, **out[key]}
+  return out
+
+
 def plasticity_config_from(config: ml_collections.ConfigDict) -> PlasticityConfig:
   values = {k: tuple(v) if isinstance(v, list) else v
             for k, v in config.plasticity.to_dict().items()}
@@ -368,7 +380,8 @@ class Trainer:
     meta = checkpoint.read_metadata(path)
     self.tokenizer = checkpoint.load_tokenizer(path)
     self.brain_config = brain_config_from(self.config, self.tokenizer.vocab_size)
-    changed = checkpoint.config_differences(meta.get("signature", {}), self._signature())
+    changed = checkpoint.config_differences(with_new_config_fields(meta.get("signature", {})),
+                                            self._signature())
     if changed:
       raise CheckpointError(
           f"{path / checkpoint.METADATA_FILE}: the checkpoint does not match this run's "

@@ -1,7 +1,9 @@
 """The optimizer's cosine decay (`make_optimizer(decay_steps=)`, `train.lr_decay_chunks`):
 the update shrinks as a cosine to 0, composes with the injected rate a rollback lowers,
-resumes exactly, and a resume with another decay is refused with what to do."""
+resumes exactly, and a resume with another decay is refused with what to do. Also: a
+checkpoint from before a config option existed resumes (the option at its default)."""
 
+import json
 import math
 
 import jax
@@ -78,3 +80,23 @@ def test_trainer_decays_and_resumes_exactly(tmp_path):
     train_lib.Trainer(_config(tmp_path / "b", 8, 12), dataset=TEXTS).train()
   with pytest.raises(train_lib.ConfigError, match="lr_decay_chunks"):
     train_lib.Trainer(_config(tmp_path / "c", 2, -3), dataset=TEXTS)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_from_before_a_new_option_resumes_and_a_set_option_is_refused(tmp_path):
+  """Options added since a checkpoint was written (here the e-prop hops) count as their
+  defaults: the checkpoint resumes; the option set to something else is named."""
+  train_lib.Trainer(_config(tmp_path, 2, 0), dataset=TEXTS).train()
+  ckpt = tmp_path / "checkpoints" / "checkpoint_step_2"
+  meta_file = ckpt / checkpoint.METADATA_FILE
+  meta = json.loads(meta_file.read_text())
+  for section in (meta["signature"]["plasticity_config"], meta["config"]["plasticity"]):
+    del section["eprop_hops"], section["eprop_hop_scale"]
+  meta_file.write_text(json.dumps(meta))
+  resumed = train_lib.Trainer(_config(tmp_path, 3, 0), dataset=TEXTS)
+  resumed.train()
+  assert resumed.step == 3
+  config = _config(tmp_path, 4, 0)
+  config.plasticity.eprop_hops = 1
+  with pytest.raises(checkpoint.CheckpointError, match="eprop_hops"):
+    train_lib.Trainer(config, dataset=TEXTS).train()
