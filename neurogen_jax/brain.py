@@ -236,7 +236,7 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   phase_avg_PxT /= phase_avg_PxT.sum(axis=1, keepdims=True)
   rates_PxA = jnp.asarray(phase_avg_PxT) @ rates_TxA
 
-  features_BxNr = acc.read_BxN[:, broca] / jnp.maximum(acc.read_ticks, 1.0)
+  features_BxNr = readout.read_areas(config, acc.read_BxN) / jnp.maximum(acc.read_ticks, 1.0)
   logits_BxV = readout.logits(params.embed, params.w_out, params.b_out, features_BxNr)
   if collect:
     denom_N = jnp.maximum(acc.learn_ticks_N, 1.0)

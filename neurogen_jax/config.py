@@ -145,6 +145,9 @@ class BrainConfig:
   # projection; the phase table's input gains say how strongly, phase by phase.
   input_areas: tuple[str, ...] = AREA_NAMES
   readout_area: str = "broca"
+  # Further areas whose read-phase traces join the readout's features (after the readout
+  # area's, in this order); each gets the readout's own e-prop signal like the readout area.
+  readout_also: tuple[str, ...] = ()
   embedding_dim: int = 512
   vocab_size: int = 50257
   # ALIF dynamics.
@@ -221,9 +224,12 @@ class BrainConfig:
     idx = sorted(names.index(a) for a in self.input_areas if a in names)
     if idx != list(range(len(self.input_areas))):
       raise ValueError(f"input_areas {self.input_areas} must be the first areas of `areas` (in order {names})")
-    for a in self.input_areas + (self.readout_area,):
+    for a in self.input_areas + self.readout_areas:
       if a not in names:
         raise ValueError(f"area {a!r} (input/readout) is not one of {names}")
+    if isinstance(self.readout_also, str) or len(set(self.readout_areas)) != len(self.readout_areas):
+      raise ValueError(f"readout_also must be a tuple of areas other than readout_area "
+                       f"{self.readout_area!r}, each once, got {self.readout_also!r}")
     targets = {p.target for p in self.pathways}
     for n in names:
       if n not in targets:
@@ -282,8 +288,15 @@ class BrainConfig:
     return sum(self.area_sizes[self.area_names.index(a)] for a in self.input_areas)
 
   @property
+  def readout_areas(self) -> tuple[str, ...]:
+    """The areas the readout reads: `readout_area`, then `readout_also`."""
+    also = (self.readout_also,) if isinstance(self.readout_also, str) else tuple(self.readout_also)
+    return (self.readout_area,) + also
+
+  @property
   def readout_size(self) -> int:
-    return self.area_sizes[self.area_names.index(self.readout_area)]
+    """Nr: the readout's features, every neuron of the read areas."""
+    return sum(self.area_sizes[self.area_names.index(a)] for a in self.readout_areas)
 
   @property
   def ticks_per_token(self) -> int:

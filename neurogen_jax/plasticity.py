@@ -225,7 +225,7 @@ def output_error(embed_VxD: jax.Array, logits_BxV: jax.Array, targets_B: jax.Arr
 def hop_areas(config: BrainConfig, hops: int) -> list[tuple[str, ...]]:
   """The areas `learning_signal` reaches at each of `hops` pathway layers back from the
   readout area: those with a pathway into the layer before, not reached yet."""
-  reached, frontier, layers = {config.readout_area}, {config.readout_area}, []
+  reached, frontier, layers = set(config.readout_areas), set(config.readout_areas), []
   for _ in range(hops):
     new = {p.source for p in config.pathways if p.target in frontier} - reached
     if not new:
@@ -259,10 +259,11 @@ def learning_signal(config: BrainConfig, pcfg: PlasticityConfig, params, feedbac
   """Each neuron's e-prop learning signal L [B, N] for one token (no gradient flows back).
 
   random: L = err @ feedback, err the output error (`output_error`) broadcast through a
-  fixed random D x N matrix. symmetric: the readout area's neurons get the readout's exact
-  gradient dCE/dfeature of each stream instead (the readout is one layer, so this is local
-  in time); the other areas keep the random one. readout: as symmetric, and the other
-  areas get no signal, unless `eprop_hops` > 0: then the signal goes back through the
+  fixed random D x N matrix. symmetric: the neurons of the read areas (`readout_area` and
+  `readout_also`) get the readout's exact gradient dCE/dfeature of each stream instead (the
+  readout is one layer, so this is local in time); the other areas keep the random one.
+  readout: as symmetric, and the other areas get no signal, unless `eprop_hops` > 0: then
+  the signal goes back through the
   synaptic weights, layer by layer (`hop_areas`): a neuron that projects into signalled
   neurons gets L_j = sign_j sum_i gain W_ij L_i psi_i over them (psi = `post_BxN`, the
   pseudo-derivatives): backprop in space through the pathways, still local in time
@@ -279,13 +280,13 @@ def learning_signal(config: BrainConfig, pcfg: PlasticityConfig, params, feedbac
       lg = readout.logits(params.embed, params.w_out, params.b_out, f_BxNr)
       return jnp.sum(readout.cross_entropy(lg, targets_B))
     g_BxNr = jax.grad(ce_sum)(features_BxNr)
-    learn_BxN = learn_BxN.at[:, config.area_slice(config.readout_area)].set(g_BxNr)
+    learn_BxN = readout.place_read_areas(config, learn_BxN, g_BxNr)
   if pcfg.eprop_hops:
     if post_BxN is None:
       raise ValueError("eprop_hops > 0 needs post_BxN (the pseudo-derivatives) to send the "
                        "signal back through the tiles")
     area_names = np.asarray(config.area_names)
-    frontier_A = area_names == config.readout_area
+    frontier_A = np.isin(area_names, config.readout_areas)
     for layer in hop_areas(config, pcfg.eprop_hops):
       frontier_N = jnp.asarray(frontier_A, jnp.float32)[params.conn.area_N]
       back_BxN = _back_through_tiles(config, params, learn_BxN * post_BxN * frontier_N)

@@ -1,4 +1,5 @@
-"""Readout: Broca's filtered spike traces -> layer norm -> embedding_dim -> tied logits.
+"""Readout: the read areas' filtered spike traces (Broca's by default) -> layer norm ->
+embedding_dim -> tied logits.
 
 Features are layer-normalised with `rsqrt(var + eps)` (a plain std has a NaN gradient
 when a population is silent). Logits are tied to the token embedding:
@@ -31,8 +32,24 @@ def hidden(w_out_NrxD: jax.Array, trace_BxNr: jax.Array) -> jax.Array:
 
 def logits(embed_VxD: jax.Array, w_out_NrxD: jax.Array, b_out_V: jax.Array,
            trace_BxNr: jax.Array) -> jax.Array:
-  """[B, V] next-token logits from Broca's read-phase traces."""
+  """[B, V] next-token logits from the read areas' read-phase traces (`read_areas`)."""
   return hidden(w_out_NrxD, trace_BxNr) @ embed_VxD.T * (1.0 / np.sqrt(embed_VxD.shape[1])) + b_out_V
+
+
+def read_areas(config, x_BxN: jax.Array) -> jax.Array:
+  """The read areas' columns of x [B, N] side by side (`config.readout_areas`): [B, Nr]."""
+  parts = [x_BxN[:, config.area_slice(a)] for a in config.readout_areas]
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+
+
+def place_read_areas(config, x_BxN: jax.Array, f_BxNr: jax.Array) -> jax.Array:
+  """x [B, N] with the read areas' columns set from f [B, Nr] (`read_areas`' inverse)."""
+  start = 0
+  for a in config.readout_areas:
+    sl = config.area_slice(a)
+    x_BxN = x_BxN.at[:, sl].set(f_BxNr[:, start:start + sl.stop - sl.start])
+    start += sl.stop - sl.start
+  return x_BxN
 
 
 def unigram_bias(token_ids: np.ndarray, vocab_size: int, smoothing: float = 0.5) -> np.ndarray:
