@@ -224,10 +224,12 @@ class BrainConfig:
     idx = sorted(names.index(a) for a in self.input_areas if a in names)
     if idx != list(range(len(self.input_areas))):
       raise ValueError(f"input_areas {self.input_areas} must be the first areas of `areas` (in order {names})")
+    if isinstance(self.readout_also, str):
+      raise ValueError(f"readout_also must be a tuple of area names, got {self.readout_also!r}")
     for a in self.input_areas + self.readout_areas:
       if a not in names:
         raise ValueError(f"area {a!r} (input/readout) is not one of {names}")
-    if isinstance(self.readout_also, str) or len(set(self.readout_areas)) != len(self.readout_areas):
+    if len(set(self.readout_areas)) != len(self.readout_areas):
       raise ValueError(f"readout_also must be a tuple of areas other than readout_area "
                        f"{self.readout_area!r}, each once, got {self.readout_also!r}")
     targets = {p.target for p in self.pathways}
@@ -290,8 +292,7 @@ class BrainConfig:
   @property
   def readout_areas(self) -> tuple[str, ...]:
     """The areas the readout reads: `readout_area`, then `readout_also`."""
-    also = (self.readout_also,) if isinstance(self.readout_also, str) else tuple(self.readout_also)
-    return (self.readout_area,) + also
+    return (self.readout_area,) + tuple(self.readout_also)
 
   @property
   def readout_size(self) -> int:

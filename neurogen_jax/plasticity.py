@@ -21,10 +21,11 @@ random feedback matrix (`eprop_feedback="random"`), or, for the readout area, th
 own gradient with respect to its input features (symmetric e-prop, still local in time:
 no gradient flows through the spikes), the other areas keeping the random signal
 (`"symmetric"`) or getting none (`"readout"`, the default: with the input side trained by
-Adam, the random signals' noise measured harmful, docs/LEARNING.md). With
-`eprop_hops` > 0 the readout area's signal is sent back through the synaptic weights to
-the areas that project into it, and on, one pathway layer per hop (backprop in space,
-still local in time); `eprop_areas` further limits which areas get a signal. With the pseudo-derivative and pre-synaptic
+Adam, the random signals' noise measured harmful, docs/LEARNING.md); `readout_also` adds
+read areas, which get the readout's signal too. With `eprop_hops` > 0 the read areas'
+signal is sent back through the synaptic weights to the areas that project into them, and
+on, one pathway layer per hop (backprop in space, still local in time); `eprop_areas`
+further limits which areas get a signal. With the pseudo-derivative and pre-synaptic
 traces the signal trains the pathway tiles (here, per token) and gives a gradient estimate
 for the input projection and the input side of the embedding, which `apply` returns
 (`InputGrads`) for the optimizer: those two are trained by optax like the readout, not by
@@ -224,7 +225,7 @@ def output_error(embed_VxD: jax.Array, logits_BxV: jax.Array, targets_B: jax.Arr
 
 def hop_areas(config: BrainConfig, hops: int) -> list[tuple[str, ...]]:
   """The areas `learning_signal` reaches at each of `hops` pathway layers back from the
-  readout area: those with a pathway into the layer before, not reached yet."""
+  read areas: those with a pathway into the layer before, not reached yet."""
   reached, frontier, layers = set(config.readout_areas), set(config.readout_areas), []
   for _ in range(hops):
     new = {p.source for p in config.pathways if p.target in frontier} - reached
@@ -263,12 +264,11 @@ def learning_signal(config: BrainConfig, pcfg: PlasticityConfig, params, feedbac
   `readout_also`) get the readout's exact gradient dCE/dfeature of each stream instead (the
   readout is one layer, so this is local in time); the other areas keep the random one.
   readout: as symmetric, and the other areas get no signal, unless `eprop_hops` > 0: then
-  the signal goes back through the
-  synaptic weights, layer by layer (`hop_areas`): a neuron that projects into signalled
-  neurons gets L_j = sign_j sum_i gain W_ij L_i psi_i over them (psi = `post_BxN`, the
-  pseudo-derivatives): backprop in space through the pathways, still local in time
-  (times `eprop_hop_scale`, which the next hop then carries on).
-  `eprop_areas` zeroes the signal outside the named areas.
+  the signal goes back through the synaptic weights, layer by layer (`hop_areas`): a
+  neuron that projects into signalled neurons gets L_j = sign_j sum_i gain W_ij L_i psi_i
+  over them (psi = `post_BxN`, the pseudo-derivatives): backprop in space through the
+  pathways, still local in time (times `eprop_hop_scale`, which the next hop then carries
+  on). `eprop_areas` zeroes the signal outside the named areas.
   """
   if pcfg.eprop_feedback == "readout":
     learn_BxN = jnp.zeros((targets_B.shape[0], config.num_neurons), jnp.float32)

@@ -118,7 +118,7 @@ def test_a_chunk_learns_the_extra_areas_readout_rows_and_input_weights():
 
 
 @pytest.mark.parametrize("also, match", [
-    ("pfc", "readout_also must be a tuple"),
+    ("pfc", "readout_also must be a tuple of area names"),
     (("broca",), "readout_also must be a tuple of areas other than"),
     (("pfc", "pfc"), "each once"),
     (("cortex",), r"area 'cortex' \(input/readout\) is not one of"),
