@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import os
 import time
 
 import jax
@@ -32,7 +33,7 @@ from absl import app, flags
 from neurogen_jax import brain, learning
 from neurogen_jax.config import BrainConfig
 from neurogen_jax.plasticity import PlasticityConfig
-from experiments.timing import copy_bandwidth
+from experiments.timing import copy_bandwidth, device_op_times, hlo_op_sources
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("batches", "1,16,64,256", "comma-separated stream counts B")
@@ -50,6 +51,9 @@ flags.DEFINE_bool("find_max_batch", False, "double B (learning on, first of --im
                   "longer fits")
 flags.DEFINE_integer("max_batch_start", 256, "first B of --find_max_batch")
 flags.DEFINE_integer("max_batch_limit", 16384, "largest B that --find_max_batch tries")
+flags.DEFINE_string("profile_dir", "", "if set, each point also runs once under jax.profiler and "
+                    "writes DIR/<point>/ops.json (device time per HLO op with its source line, "
+                    "largest first) and the compiled HLO; the table prints the top ops")
 
 # Per neuron and stream, each tick reads and writes v, i, a, tr (f32) and s: 5 x 4 B each way.
 STATE_BYTES_PER_NEURON = 2 * 5 * 4
@@ -80,7 +84,8 @@ def _timed(fn, repeats):
   return float(np.median(times))
 
 
-def bench_point(config: BrainConfig, batch: int, learn: bool, n_tokens: int, repeats: int) -> dict:
+def bench_point(config: BrainConfig, batch: int, learn: bool, n_tokens: int, repeats: int,
+                profile_dir: str = "") -> dict:
   key = jax.random.PRNGKey(0)
   toks = jax.random.randint(key, (batch, n_tokens), 0, config.vocab_size)
   t_compile = time.perf_counter()
@@ -100,6 +105,9 @@ def bench_point(config: BrainConfig, batch: int, learn: bool, n_tokens: int, rep
   sec = _timed(fn, repeats)
   stats = jax.devices()[0].memory_stats() or {}
   ticks = n_tokens * config.ticks_per_token
+  if profile_dir:
+    name = f"{config.implementation}_B{batch}_learn{int(learn)}_unroll{config.tick_unroll}"
+    profile_point(fn, compiled.as_text(), os.path.join(profile_dir, name), ticks)
   return {"batch": batch, "learning": learn, "implementation": config.implementation,
           "tick_unroll": config.tick_unroll,
           "scan_unroll": config.scan_unroll(batch, jax.default_backend()),
@@ -107,6 +115,29 @@ def bench_point(config: BrainConfig, batch: int, learn: bool, n_tokens: int, rep
           "us_per_tick": sec / ticks * 1e6, "tokens_per_s": batch * n_tokens / sec,
           "compile_s": compile_s, "peak_bytes": stats.get("peak_bytes_in_use"),
           "program_bytes": _program_bytes(compiled)}
+
+
+def profile_point(fn, hlo_text: str, point_dir: str, ticks: int, top: int = 25) -> list[dict]:
+  """Runs fn once under jax.profiler; writes ops.json (device µs per tick of each HLO op,
+  with its source from the HLO metadata) and hlo.txt into point_dir; prints the top ops."""
+  os.makedirs(point_dir, exist_ok=True)
+  with open(os.path.join(point_dir, "hlo.txt"), "w") as f:
+    f.write(hlo_text)
+  with jax.profiler.trace(os.path.join(point_dir, "trace")):
+    jax.block_until_ready(fn())
+  sources = hlo_op_sources(hlo_text)
+  rows = device_op_times(os.path.join(point_dir, "trace"))
+  total = sum(r["us"] for r in rows) or 1.0
+  for r in rows:
+    r.update(us_per_tick=r["us"] / ticks, share=r["us"] / total, source=sources.get(r["op"], "?"))
+  with open(os.path.join(point_dir, "ops.json"), "w") as f:
+    json.dump(rows, f, indent=1)
+  print(f"  profile {point_dir}: {total / ticks:.1f} us/tick of device time over {len(rows)} ops",
+        flush=True)
+  for r in rows[:top]:
+    print(f"    {100 * r['share']:5.1f}% {r['us_per_tick']:8.2f} us/tick {r['calls']:6d} calls "
+          f"{r['op'][:40]:40s} {r['source'][:110]}", flush=True)
+  return rows
 
 
 def _events_variant(config: BrainConfig, batch: int) -> str | None:
@@ -191,7 +222,7 @@ def main(argv):
               continue
             done.add(key)
             try:
-              r = bench_point(config, b, learn, FLAGS.tokens, FLAGS.repeats)
+              r = bench_point(config, b, learn, FLAGS.tokens, FLAGS.repeats, FLAGS.profile_dir)
             except Exception as e:  # a failed point is reported, the others still run
               print(f"  {impl} B={b} learning={learn} tick_unroll={unroll} events={variant}: "
                     f"FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)

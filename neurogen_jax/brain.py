@@ -20,7 +20,7 @@ import numpy as np
 from neurogen_jax import ops, readout
 from neurogen_jax.config import BrainConfig
 from neurogen_jax.connectivity import Connectivity, build_connectivity, init_tiles
-from neurogen_jax.neurons import NeuronState, init_neuron_state, neuron_step, pseudo_derivative
+from neurogen_jax.neurons import NeuronState, init_neuron_state, neuron_tick
 from neurogen_jax.phases import phase_of_tick, phase_table
 
 # How sharply the basal ganglia's Go-NoGo difference opens Broca's gate.
@@ -202,19 +202,19 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     # ticks of the token, no per-phase loop and no conditional).
     input_gain_N, gain_RxK, learn_N = input_gain_PxN[p], table.gain_PxRxK[p], table.learn_PxN[p]
     read, bg_on = table.read_P[p], table.bg_gate_P[p]
-    cur_BxN = ops.propagate(ns.s.astype(sign_N.dtype) * sign_N, params.tiles, conn.col_RxK, gain_RxK,
-                            config.implementation, events_variant=config.events_variant)
+    prop_BxN = ops.propagate(ns.s.astype(sign_N.dtype) * sign_N, params.tiles, conn.col_RxK,
+                             gain_RxK, config.implementation, events_variant=config.events_variant)
     gate_B = jnp.where(bg_on > 0, basal_ganglia_gate(config, ns.tr), 1.0)
-    cur_BxN = cur_BxN * jnp.where(broca_N, gate_B[:, None], 1.0) + drive_BxN * input_gain_N
-    ns, x_BxN = neuron_step(config, ns, cur_BxN, state.theta_N)
+    # Input current, neuron update and the token's sums in one op (one kernel with Pallas).
+    vec_5xN = jnp.stack([state.theta_N, broca_N.astype(jnp.float32), input_gain_N,
+                         jnp.broadcast_to(read, (n,)), learn_N])
+    ns, read_BxN, post_BxN, spikes_BxN = neuron_tick(
+        config, ns, prop_BxN, drive_BxN, gate_B, vec_5xN, acc.read_BxN,
+        acc.post_BxN if collect else None, acc.spikes_BxN if collect else None)
+    acc = acc._replace(read_BxN=read_BxN, read_ticks=acc.read_ticks + read)
     if collect:
-      psi_BxN = pseudo_derivative(x_BxN, config.surrogate_width) * learn_N
-      acc = acc._replace(
-          post_BxN=(acc.post_BxN + psi_BxN).astype(acc.post_BxN.dtype),
-          spikes_BxN=(acc.spikes_BxN + ns.s).astype(acc.spikes_BxN.dtype),
-          learn_ticks_N=acc.learn_ticks_N + learn_N,
-      )
-    acc = acc._replace(read_BxN=acc.read_BxN + ns.tr * read, read_ticks=acc.read_ticks + read)
+      acc = acc._replace(post_BxN=post_BxN, spikes_BxN=spikes_BxN,
+                         learn_ticks_N=acc.learn_ticks_N + learn_N)
     area_rate_A = _area_mean(ns.s, area_avg_NxA)
     raster = ns.s[0, ::raster_stride] if raster_stride else jnp.zeros((0,), ns.s.dtype)
     return (ns, acc, jnp.where(bg_on > 0, gate_B, bg_gate_B)), (area_rate_A, raster)

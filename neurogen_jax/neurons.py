@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 from neurogen_jax import ops
 from neurogen_jax.config import BrainConfig
-from neurogen_jax.pallas.neuron_update import pseudo_derivative, spike  # noqa: F401 (re-exported)
+from neurogen_jax.pallas.neuron_update import (  # noqa: F401 (pseudo_derivative, spike re-exported)
+    accumulate, compose_current, pseudo_derivative, spike)
 
 
 class NeuronState(NamedTuple):
@@ -47,20 +48,25 @@ def init_neuron_state(config: BrainConfig, batch: int) -> NeuronState:
 
 
 def alif_step(config: BrainConfig, st: NeuronState, cur_BxN: jax.Array,
-              theta_N: jax.Array) -> tuple[NeuronState, jax.Array]:
+              theta_N: jax.Array, with_x: bool = True) -> tuple[NeuronState, jax.Array | None]:
   """One tick of adaptive LIF (the arithmetic lives beside its kernel, `ops.alif_update`).
 
   i <- a_s i + cur;  v <- a_m v + (1 - a_m) i;  thr = 1 + beta a + theta;
   s = H(v - thr);    v <- v - s thr (soft reset);  a <- a_a a + s;  tr <- a_t tr + s.
   Returns the new state and the scaled distance to threshold (v - thr)/thr, whose
-  pseudo-derivative is the e-prop post-synaptic factor.
+  pseudo-derivative is the e-prop post-synaptic factor (None with with_x=False).
   """
-  v, i, a, tr, s, x = ops.alif_update(
-      st.v, st.i, st.a, st.tr, cur_BxN, theta_N, a_s=config.decay(config.tau_syn_ms),
-      a_m=config.decay(config.tau_mem_ms), a_a=config.decay(config.tau_adapt_ms),
-      a_t=config.decay(config.tau_trace_ms), beta=config.adapt_beta, threshold=config.threshold,
-      width=config.surrogate_width, implementation=config.implementation)
+  v, i, a, tr, s, x = ops.alif_update(st.v, st.i, st.a, st.tr, cur_BxN, theta_N,
+                                      **alif_constants(config),
+                                      implementation=config.implementation, with_x=with_x)
   return NeuronState(v=v, i=i, a=a, tr=tr, s=s), x
+
+
+def alif_constants(config: BrainConfig) -> dict[str, float]:
+  """The ALIF kernels' static constants (decays per tick, threshold model) of a config."""
+  return dict(a_s=config.decay(config.tau_syn_ms), a_m=config.decay(config.tau_mem_ms),
+              a_a=config.decay(config.tau_adapt_ms), a_t=config.decay(config.tau_trace_ms),
+              beta=config.adapt_beta, threshold=config.threshold, width=config.surrogate_width)
 
 
 def izhikevich_step(config: BrainConfig, st: NeuronState, cur_BxN: jax.Array,
@@ -93,8 +99,37 @@ def izhikevich_step(config: BrainConfig, st: NeuronState, cur_BxN: jax.Array,
 
 
 def neuron_step(config: BrainConfig, st: NeuronState, cur_BxN: jax.Array,
-                theta_N: jax.Array) -> tuple[NeuronState, jax.Array]:
-  """The configured neuron model's tick (see `alif_step`, `izhikevich_step`)."""
+                theta_N: jax.Array, with_x: bool = True) -> tuple[NeuronState, jax.Array | None]:
+  """The configured neuron model's tick (see `alif_step`, `izhikevich_step`).
+
+  with_x=False: the caller needs no pseudo-derivative input; ALIF then skips x (None).
+  """
   if config.neuron_model == "izhikevich":
     return izhikevich_step(config, st, cur_BxN, theta_N)
-  return alif_step(config, st, cur_BxN, theta_N)
+  return alif_step(config, st, cur_BxN, theta_N, with_x)
+
+
+def neuron_tick(config: BrainConfig, st: NeuronState, prop_BxN: jax.Array, drive_BxN: jax.Array,
+                gate_B: jax.Array, vec_5xN: jax.Array, read_BxN: jax.Array,
+                post_BxN: jax.Array | None = None, spikes_BxN: jax.Array | None = None
+                ) -> tuple[NeuronState, jax.Array, jax.Array | None, jax.Array | None]:
+  """One tick of the brain's neurons with its input current and per-token sums.
+
+  cur = prop * (gate_B where gate_mask) + drive * gain; the neuron model's step; then
+  read += read_weight * tr and, when post/spikes are given, post += psi(x) * learn and
+  spikes += s. vec_5xN rows: `neuron_update.TICK_VEC_ROWS` (theta, gate_mask, gain, read,
+  learn). ALIF runs it as one op (`ops.alif_tick`: one fused kernel with Pallas).
+  Returns (state, read, post, spikes); post and spikes are None when not given.
+  """
+  if config.neuron_model == "izhikevich":
+    theta_N, mask_N, gain_N, read_N, learn_N = vec_5xN
+    cur_BxN = compose_current(prop_BxN, drive_BxN, gate_B[:, None], mask_N, gain_N)
+    st, x_BxN = izhikevich_step(config, st, cur_BxN, theta_N)
+    sums = accumulate(st.tr, st.s, x_BxN, read_N, learn_N, read_BxN, post_BxN, spikes_BxN,
+                      config.surrogate_width)
+  else:
+    outs = ops.alif_tick(st.v, st.i, st.a, st.tr, prop_BxN, drive_BxN, gate_B, vec_5xN,
+                         read_BxN, post_BxN, spikes_BxN, **alif_constants(config),
+                         implementation=config.implementation)
+    st, sums = NeuronState(*outs[:5]), outs[5:]
+  return (st, sums[0]) + ((sums[1], sums[2]) if post_BxN is not None else (None, None))

@@ -20,14 +20,15 @@ from neurogen_jax.pallas import neuron_update as pallas_neuron
 from neurogen_jax.pallas import plasticity as pallas_plasticity
 from neurogen_jax.pallas import propagate as pallas_propagate
 from neurogen_jax.pallas.events import build_fanout
-from neurogen_jax.pallas.neuron_update import alif_update_reference
+from neurogen_jax.pallas.neuron_update import alif_tick_reference, alif_update_reference
 from neurogen_jax.pallas.plasticity import tile_outer_reference, tile_update_reference
 from neurogen_jax.pallas.propagate import propagate_reference
 
 Implementation = Literal["xla", "pallas"]
 
 __all__ = [
-    "Implementation", "alif_update", "alif_update_reference", "build_fanout", "propagate",
+    "Implementation", "alif_tick", "alif_tick_reference", "alif_update", "alif_update_reference",
+    "build_fanout", "propagate",
     "propagate_events", "propagate_reference", "tile_outer", "tile_outer_reference",
     "tile_update", "tile_update_reference",
 ]
@@ -107,10 +108,33 @@ def tile_update(w_RxKxTxT: jax.Array, pre_BxN: jax.Array, post_BxN: jax.Array, c
 def alif_update(v_BxN: jax.Array, i_BxN: jax.Array, a_BxN: jax.Array, tr_BxN: jax.Array,
                 cur_BxN: jax.Array, theta_N: jax.Array, *, a_s: float, a_m: float, a_a: float,
                 a_t: float, beta: float, threshold: float, width: float,
-                implementation: Implementation = "xla"):
-  """One adaptive-LIF tick -> (v, i, a, tr, s, x) (see `alif_update_reference`)."""
+                implementation: Implementation = "xla", with_x: bool = True):
+  """One adaptive-LIF tick -> (v, i, a, tr, s, x) (see `alif_update_reference`).
+
+  with_x=False: x (the scaled distance to threshold, only needed for the e-prop factor)
+  is not computed and comes back as None; the Pallas kernel then writes one array less.
+  """
   _check(implementation)
   kw = dict(a_s=a_s, a_m=a_m, a_a=a_a, a_t=a_t, beta=beta, threshold=threshold, width=width)
   if implementation == "pallas":
-    return pallas_neuron.alif_update(v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN, theta_N, **kw)
-  return alif_update_reference(v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN, theta_N, **kw)
+    return pallas_neuron.alif_update(v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN, theta_N, **kw,
+                                     with_x=with_x)
+  out = alif_update_reference(v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN, theta_N, **kw)
+  return out if with_x else out[:5] + (None,)
+
+
+def alif_tick(v_BxN: jax.Array, i_BxN: jax.Array, a_BxN: jax.Array, tr_BxN: jax.Array,
+              prop_BxN: jax.Array, drive_BxN: jax.Array, gate_B: jax.Array, vec_5xN: jax.Array,
+              read_BxN: jax.Array, post_BxN: jax.Array | None = None,
+              spikes_BxN: jax.Array | None = None, *, a_s: float, a_m: float, a_a: float,
+              a_t: float, beta: float, threshold: float, width: float,
+              implementation: Implementation = "xla"):
+  """The whole ALIF tick: input current, neuron update and per-token sums in one pass
+  -> (v, i, a, tr, s, read[, post, spikes]) (see `alif_tick_reference`)."""
+  _check(implementation)
+  kw = dict(a_s=a_s, a_m=a_m, a_a=a_a, a_t=a_t, beta=beta, threshold=threshold, width=width)
+  args = (v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_5xN, read_BxN,
+          post_BxN, spikes_BxN)
+  if implementation == "pallas":
+    return pallas_neuron.alif_tick(*args, **kw)
+  return alif_tick_reference(*args, **kw)

@@ -91,8 +91,14 @@ class PlasticityConfig:
   replay_batch: int = 8
   replay_lr: float = 0.01
   feedback_seed: int = 17
+  # dtype of the pre/post factors of the tile GEMMs (the sum over streams stays float32):
+  # bfloat16 halves their traffic and runs the Pallas kernels on bf16 tensor cores;
+  # float32 (TF32 on GPU) for the exact factors.
+  factor_dtype: str = "bfloat16"
 
   def __post_init__(self):
+    if self.factor_dtype not in ("bfloat16", "float32"):
+      raise ValueError(f"factor_dtype must be 'bfloat16' or 'float32', got {self.factor_dtype!r}")
     if self.eprop_feedback not in ("random", "symmetric", "readout"):
       raise ValueError(f"eprop_feedback must be 'random', 'symmetric' or 'readout', got "
                        f"{self.eprop_feedback!r}")
@@ -302,11 +308,12 @@ def learning_signal(config: BrainConfig, pcfg: PlasticityConfig, params, feedbac
   return jax.lax.stop_gradient(learn_BxN)
 
 
-def _eprop_tiles(config, params, learn_BxN, pre_BxN, post_BxN, lr):
-  """-lr * sum_b (sign*pre)^T (L * psi) * gain / B for learning signals L [B, N]."""
-  pre_signed = pre_BxN * params.conn.sign_N
-  d_W = ops.tile_outer(pre_signed, learn_BxN * post_BxN, params.conn.col_RxK, config.tile,
-                       config.implementation)
+def _eprop_tiles(config, params, learn_BxN, pre_BxN, post_BxN, lr, factor_dtype):
+  """-lr * sum_b (sign*pre)^T (L * psi) * gain / B for learning signals L [B, N]
+  (the two factors in `factor_dtype`, the sum in float32)."""
+  pre_signed = (pre_BxN * params.conn.sign_N).astype(factor_dtype)
+  d_W = ops.tile_outer(pre_signed, (learn_BxN * post_BxN).astype(factor_dtype),
+                       params.conn.col_RxK, config.tile, config.implementation)
   gain = tile_gain_sign(config, params.conn.pathway_RxK)[:, :, None, None]
   return -(lr / pre_BxN.shape[0]) * d_W * gain
 
@@ -366,7 +373,8 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
   if pcfg.eprop:
     learn_BxN = learning_signal(config, pcfg, params, pstate.feedback_DxN, aux.features_BxNr,
                                 logits_BxV, targets_B, aux.post_BxN)
-    d_W = d_W + _eprop_tiles(config, params, learn_BxN, aux.pre_BxN, aux.post_BxN, pcfg.eprop_lr * unit)
+    d_W = d_W + _eprop_tiles(config, params, learn_BxN, aux.pre_BxN, aux.post_BxN,
+                             pcfg.eprop_lr * unit, pcfg.factor_dtype)
     # Input projection and the input side of the embedding: the same signal, as a gradient
     # estimate for the optimizer (eligibility = token drive x pseudo-derivative).
     g_BxNin = (learn_BxN * aux.post_BxN)[:, :config.input_size]
@@ -389,7 +397,8 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
   if pre_parts:
     # Parts side by side per stream ([B, parts, N] -> [B*parts, N]): each stream's rows stay
     # on its device when the streams are sharded (concatenating along B would move them).
-    stack = lambda parts: jnp.stack(parts, axis=1).reshape(-1, parts[0].shape[-1])
+    stack = lambda parts: jnp.stack(parts, axis=1).reshape(-1, parts[0].shape[-1]).astype(
+        pcfg.factor_dtype)
     d_W = d_W + ops.tile_outer(stack(pre_parts), stack(post_parts),
                                params.conn.col_RxK, config.tile, config.implementation) / bsz
   d_W = _across(d_W, axis_name)  # one reduction per token for all rules
@@ -468,7 +477,7 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
       learn = learning_signal(config, pcfg, params._replace(w_out=w_out, b_out=b_out),
                               pstate.feedback_DxN, feat, lg, tgt, post)
       d_r = _eprop_tiles(config, params, learn, p_fields["replay_pre_MxN"][idx].astype(jnp.float32),
-                         post, pcfg.eprop_lr * unit)
+                         post, pcfg.eprop_lr * unit, pcfg.factor_dtype)
       return tiles + d_r, w_out - pcfg.replay_lr * g_w, b_out - pcfg.replay_lr * g_b
 
     tiles, w_out, b_out = jax.lax.cond(do_replay, replay, lambda o: o, (tiles, params.w_out, params.b_out))

@@ -140,7 +140,7 @@ def kernels_on_this_device(monkeypatch):
   if jax.devices()[0].platform != "gpu":
     from neurogen_jax.pallas import events, neuron_update, propagate
     for module, name in ((events, "propagate_events_pallas"), (propagate, "propagate"),
-                         (neuron_update, "alif_update")):
+                         (neuron_update, "alif_update"), (neuron_update, "alif_tick")):
       monkeypatch.setattr(module, name, functools.partial(getattr(module, name), interpret=True))
   brain.cognitive_step.clear_cache()
   yield

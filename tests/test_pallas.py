@@ -209,6 +209,40 @@ def test_alif_update_matches_reference(interpret, b, n):
     assert_close(jnp.where(firm, o, r), r, "float32", 16)
 
 
+def test_alif_update_without_x_and_in_place(interpret):
+  """with_x=False gives the same state and no x; the in-place (aliased) buffers never
+  change the caller's arrays, also under jit where XLA may donate them."""
+  args = alif_inputs(21, 4, 256)
+  before = [np.asarray(z).copy() for z in args]
+  full = neuron_update.alif_update(*args, **ALIF, interpret=interpret)
+  lean = jax.jit(functools.partial(neuron_update.alif_update, **ALIF, with_x=False,
+                                   interpret=interpret))(*args)
+  assert lean[5] is None and full[5] is not None
+  for got, want in zip(lean[:5], full[:5]):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  for z, b in zip(args, before):
+    np.testing.assert_array_equal(np.asarray(z), b)
+  # Through the dispatch point, both implementations agree on the lean form.
+  ref = ops.alif_update(*args, **ALIF, with_x=False, implementation="xla")
+  assert ref[5] is None
+  assert_close(jnp.stack(lean[:4]), jnp.stack(ref[:4]), "float32", 16)
+
+
+def test_alif_grads_without_x(interpret):
+  """The vjp of the lean form equals the reference's with x's cotangent zero."""
+  args = alif_inputs(22, 3, 256)
+  probes = [jax.random.normal(k, (3, 256)) for k in jax.random.split(jax.random.key(23), 5)]
+  lean = lambda *a: sum(jnp.sum(o * p) for o, p in zip(neuron_update.alif_update(
+      *a, **ALIF, with_x=False, interpret=interpret)[:5], probes))
+  ref = lambda *a: sum(jnp.sum(o * p) for o, p in zip(
+      neuron_update.alif_update_reference(*a, **ALIF)[:5], probes))
+  got = jax.grad(lean, argnums=tuple(range(6)))(*args)
+  want = jax.grad(ref, argnums=tuple(range(6)))(*args)
+  for g, w in zip(got, want):
+    assert_close(g, w, "float32", 16)
+  assert float(jnp.max(jnp.abs(got[4]))) > 0
+
+
 def test_alif_grads_match_reference(interpret):
   args = alif_inputs(17, 3, 256)
   probes = [jax.random.normal(k, (3, 256)) for k in jax.random.split(jax.random.key(18), 6)]
@@ -241,6 +275,88 @@ def test_alif_reference_is_neurons_alif_step():
   g_ref = jax.grad(lambda c: jnp.sum(neuron_update.alif_update_reference(
       v, i, a, tr, c, theta, **consts)[3]))(cur)
   np.testing.assert_array_equal(np.asarray(g_step), np.asarray(g_ref))
+
+
+def tick_inputs(seed, b, n, collect):
+  """alif_tick's inputs: state, prop, drive, gate_B, vec_5xN, read (and post, spikes)."""
+  v, i, a, tr, cur, theta = alif_inputs(seed, b, n)
+  prop = 2.0 * cur  # the gate (0.2-1.8) scales a fifth of it: keep the rate well above zero
+  keys = jax.random.split(jax.random.key(seed + 1000), 6)
+  drive = jax.random.normal(keys[0], (b, n)) * (jnp.arange(n) < n // 3)  # input neurons only
+  gate = jax.random.uniform(keys[1], (b,), minval=0.2, maxval=1.8)
+  mask = (jnp.arange(n) % 5 == 0).astype(jnp.float32)
+  gain = jax.random.uniform(keys[2], (n,))
+  read_w = jnp.full((n,), 0.7)
+  learn = (jnp.arange(n) % 3 != 0).astype(jnp.float32)
+  vec = jnp.stack([theta, mask, gain, read_w, learn])
+  read = jax.random.uniform(keys[3], (b, n))
+  extra = ()
+  if collect:
+    extra = (jax.random.uniform(keys[4], (b, n)).astype(jnp.bfloat16),
+             jax.random.randint(keys[5], (b, n), 0, 5).astype(jnp.bfloat16))
+  return (v, i, a, tr, prop, drive, gate, vec, read) + extra
+
+
+@pytest.mark.parametrize("collect", [False, True])
+@pytest.mark.parametrize("b,n", [(1, 64), (3, 48), (16, 4096)])
+def test_alif_tick_matches_reference(interpret, b, n, collect):
+  args = tick_inputs(31, b, n, collect)
+  out = neuron_update.alif_tick(*args, **ALIF, interpret=interpret)
+  ref = neuron_update.alif_tick_reference(*args, **ALIF)
+  assert len(out) == len(ref) == (8 if collect else 6)
+  # Where the reference sits at the threshold a rounding difference may flip the spike.
+  cur = args[4] * jnp.where(args[7][1] > 0, args[6][:, None], 1.0) + args[5] * args[7][2]
+  x_ref = neuron_update.alif_update_reference(*args[:4], cur, args[7][0], **ALIF)[5]
+  firm = jnp.abs(x_ref) > 1e-5
+  assert bool(jnp.all(jnp.where(firm, out[4] == ref[4], True))), "spikes differ"
+  assert 0.05 < float(jnp.mean(ref[4])) < 0.95
+  for o, r in zip(out, ref):
+    assert o.shape == (b, n) and o.dtype == r.dtype
+    tol = "bfloat16" if r.dtype == jnp.bfloat16 else "float32"
+    assert_close(jnp.where(firm, o.astype(jnp.float32), r.astype(jnp.float32)),
+                 r.astype(jnp.float32), tol, 16)
+
+
+def test_alif_tick_reference_is_the_unfused_tick():
+  """The fused reference equals: compose the current, alif_update_reference, accumulate."""
+  args = tick_inputs(32, 4, 256, True)
+  v, i, a, tr, prop, drive, gate, vec, read, post, spk = args
+  got = neuron_update.alif_tick_reference(*args, **ALIF)
+  cur = prop * jnp.where(vec[1] > 0, gate[:, None], 1.0) + drive * vec[2]
+  nv, ni, na, ntr, ns, x = neuron_update.alif_update_reference(v, i, a, tr, cur, vec[0], **ALIF)
+  want = (nv, ni, na, ntr, ns, read + ntr * vec[3],
+          (post + neuron_update.pseudo_derivative(x, ALIF["width"]) * vec[4]).astype(jnp.bfloat16),
+          (spk + ns).astype(jnp.bfloat16))
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(g.astype(jnp.float32)), np.asarray(w.astype(jnp.float32)))
+  # The sums moved: the test would not pass with accumulators left alone.
+  assert float(jnp.max(jnp.abs(got[5] - read))) > 0.1
+  assert float(jnp.sum(got[7].astype(jnp.float32) - spk.astype(jnp.float32))) > 0
+
+
+def test_alif_tick_grads_match_reference(interpret):
+  args = tick_inputs(33, 3, 256, False)
+  probes = [jax.random.normal(k, (3, 256)) for k in jax.random.split(jax.random.key(34), 6)]
+
+  def loss(fn):
+    return lambda *a: sum(jnp.sum(o * p) for o, p in zip(fn(*a, **ALIF), probes))
+
+  pallas_fn = lambda *a, **kw: neuron_update.alif_tick(*a, **kw, interpret=interpret)
+  argnums = tuple(range(9))
+  got = jax.grad(loss(pallas_fn), argnums=argnums)(*args)
+  want = jax.grad(loss(neuron_update.alif_tick_reference), argnums=argnums)(*args)
+  for g, w in zip(got, want):
+    assert_close(g, w, "float32", 16)
+  assert float(jnp.max(jnp.abs(got[4]))) > 0 and float(jnp.max(jnp.abs(got[6]))) > 0
+
+
+def test_alif_tick_bad_shapes():
+  args = list(tick_inputs(35, 2, 64, True))
+  with pytest.raises(ValueError, match="both post_BxN and spikes_BxN"):
+    neuron_update.alif_tick(*args[:10], **ALIF, interpret=True)
+  args[7] = args[7][:4]
+  with pytest.raises(ValueError, match="rows"):
+    neuron_update.alif_tick(*args, **ALIF, interpret=True)
 
 
 # -------------------------------------------------------------------------------- events

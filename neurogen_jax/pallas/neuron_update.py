@@ -80,11 +80,10 @@ def alif_update_reference(v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN, theta_N, *, a_s,
                     functools.partial(spike, width=width))
 
 
-def _kernel(v_ref, i_ref, a_ref, tr_ref, cur_ref, theta_ref,
-            v_out, i_out, a_out, tr_out, s_out, x_out, *, constants: AlifConstants):
+def _kernel(v_ref, i_ref, a_ref, tr_ref, cur_ref, theta_ref, *out_refs, constants: AlifConstants):
   outs = _alif_math(v_ref[...], i_ref[...], a_ref[...], tr_ref[...], cur_ref[...],
                     theta_ref[...][None, :], constants, lambda x: (x > 0).astype(x.dtype))
-  for ref, val in zip((v_out, i_out, a_out, tr_out, s_out, x_out), outs):
+  for ref, val in zip(out_refs, outs):  # (v, i, a, tr, s[, x]): x only when asked for
     ref[...] = val
 
 
@@ -95,7 +94,7 @@ def _largest_pow2_divisor(n: int, cap: int) -> int:
   return d
 
 
-def _alif_pallas(v, i, a, tr, cur, theta, constants, interpret):
+def _alif_pallas(v, i, a, tr, cur, theta, constants, with_x, interpret):
   b, n = v.shape
   n_pad = n if _largest_pow2_divisor(n, 128) >= 32 else pl.cdiv(n, 128) * 128
   if n_pad != n:  # odd sizes only (tests); real brains are whole tiles
@@ -104,31 +103,39 @@ def _alif_pallas(v, i, a, tr, cur, theta, constants, interpret):
   block_n = _largest_pow2_divisor(n_pad, _MAX_BLOCK_N)
   block_b = _largest_pow2_divisor(b, _BLOCK_ELEMS // block_n)
   spec = pl.BlockSpec((block_b, block_n), lambda bi, ni: (bi, ni))
+  n_out = 6 if with_x else 5
   outs = pl.pallas_call(
       functools.partial(_kernel, constants=constants),
       grid=(b // block_b, n_pad // block_n),
       in_specs=[spec] * 5 + [pl.BlockSpec((block_n,), lambda bi, ni: (ni,))],
-      out_specs=[spec] * 6,
-      out_shape=[jax.ShapeDtypeStruct((b, n_pad), jnp.float32)] * 6,
+      out_specs=[spec] * n_out,
+      out_shape=[jax.ShapeDtypeStruct((b, n_pad), jnp.float32)] * n_out,
+      # v, i, a, tr are updated in place (and cur's buffer takes s): a state array that is
+      # dead after the tick (the scan carry) needs no copy into a fresh buffer.
+      input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3, 4: 4},
       compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1),
       interpret=interpret,
       name="alif_update",
   )(v, i, a, tr, cur, theta)
-  return tuple(o[:, :n] for o in outs) if n_pad != n else tuple(outs)
+  outs = tuple(o[:, :n] for o in outs) if n_pad != n else tuple(outs)
+  return outs if with_x else outs + (None,)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _alif(v, i, a, tr, cur, theta, constants, interpret):
-  return _alif_pallas(v, i, a, tr, cur, theta, constants, interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _alif(v, i, a, tr, cur, theta, constants, with_x, interpret):
+  return _alif_pallas(v, i, a, tr, cur, theta, constants, with_x, interpret)
 
 
-def _alif_fwd(v, i, a, tr, cur, theta, constants, interpret):
-  return _alif_pallas(v, i, a, tr, cur, theta, constants, interpret), (v, i, a, tr, cur, theta)
+def _alif_fwd(v, i, a, tr, cur, theta, constants, with_x, interpret):
+  out = _alif_pallas(v, i, a, tr, cur, theta, constants, with_x, interpret)
+  return out, (v, i, a, tr, cur, theta)
 
 
-def _alif_bwd(constants, interpret, res, g):
+def _alif_bwd(constants, with_x, interpret, res, g):
   """The reference's vjp (XLA fuses this elementwise backward into one pass)."""
   del interpret
+  if not with_x:  # x was not an output: no cotangent flows from it
+    g = tuple(g[:5]) + (jnp.zeros_like(res[0]),)
   _, vjp = jax.vjp(
       lambda *xs: alif_update_reference(*xs, **constants._asdict()), *res)
   return vjp(tuple(g))
@@ -139,11 +146,13 @@ _alif.defvjp(_alif_fwd, _alif_bwd)
 
 def alif_update(v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN, theta_N, *, a_s: float, a_m: float,
                 a_a: float, a_t: float, beta: float, threshold: float, width: float,
-                interpret: bool = False):
+                with_x: bool = True, interpret: bool = False):
   """Pallas `alif_update_reference`: one fused pass over the [B, N] state.
 
   All state float32 [B, N]; theta_N [N]. Decays a_* = exp(-dt/tau) and the threshold
-  parameters are Python floats (static). Returns (v, i, a, tr, s, x).
+  parameters are Python floats (static). Returns (v, i, a, tr, s, x); with_x=False
+  skips writing x (the forward pass needs no pseudo-derivative) and returns x = None.
+  The state and cur buffers are updated in place where XLA can donate them.
   Differentiable: the custom_vjp is the reference's (surrogate psi for the spike).
   """
   b, n = v_BxN.shape
@@ -155,4 +164,162 @@ def alif_update(v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN, theta_N, *, a_s: float, a_
   constants = AlifConstants(*(float(c) for c in (a_s, a_m, a_a, a_t, beta, threshold, width)))
   state = (v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN)
   return _alif(*(z.astype(jnp.float32) for z in state), theta_N.astype(jnp.float32), constants,
-               interpret)
+               bool(with_x), interpret)
+
+
+# ------------------------------------------------------------------ the whole neuron tick
+#
+# `alif_tick` is `alif_update` with the tick's neighbours folded into the same pass: the
+# input current is composed from the propagated spikes and the token drive, and the
+# per-token sums (readout traces; with `collect`, the e-prop factor psi and the spike
+# count) are accumulated in place. Separately these are four more passes over [B, N]
+# arrays per tick; fused they cost one read and one write of each accumulator.
+
+# Rows of the per-neuron vector input vec_5xN.
+TICK_VEC_ROWS = ("theta", "gate_mask", "gain", "read", "learn")
+
+
+def compose_current(prop, drive, gate, mask, gain):
+  """The tick's input current: propagated spikes (scaled by the gate where mask > 0) plus
+  the token drive times its per-neuron gain."""
+  return prop * jnp.where(mask > 0, gate, 1.0) + drive * gain
+
+
+def accumulate(tr, s, x, read, learn, read_acc, post_acc, spk_acc, width):
+  """The per-token sums after a tick: (read + read_weight * tr[, post + psi(x) * learn,
+  spikes + s]); post/spikes keep their dtype and are skipped when post_acc is None."""
+  sums = (read_acc + tr * read,)
+  if post_acc is not None:
+    sums += ((post_acc + pseudo_derivative(x, width) * learn).astype(post_acc.dtype),
+             (spk_acc + s).astype(spk_acc.dtype))
+  return sums
+
+
+def _tick_math(v, i, a, tr, prop, drive, gate, vec, read_acc, post_acc, spk_acc,
+               c: AlifConstants, spike_fn):
+  """The tick's arithmetic on [B, N] (reference) or blocks (kernel); vec rows [1, N]."""
+  theta, mask, gain, read, learn = vec
+  cur = compose_current(prop, drive, gate, mask, gain)
+  v, i, a, tr, s, x = _alif_math(v, i, a, tr, cur, theta, c, spike_fn)
+  return (v, i, a, tr, s) + accumulate(tr, s, x, read, learn, read_acc, post_acc, spk_acc,
+                                       c.width)
+
+
+def alif_tick_reference(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_5xN,
+                        read_BxN, post_BxN=None, spikes_BxN=None, *, a_s, a_m, a_a, a_t, beta,
+                        threshold, width):
+  """One ALIF tick with its input composition and per-token sums, in plain jnp.
+
+    cur  = prop * (gate_B where gate_mask else 1) + drive * gain
+    (v, i, a, tr, s, x) = alif_update_reference(v, i, a, tr, cur, theta)
+    read += read_weight * tr;  post += psi(x) * learn;  spikes += s   (the last two only
+    when post/spikes are given; they keep their dtype, e.g. bfloat16)
+
+  vec_5xN rows: TICK_VEC_ROWS = theta (homeostatic offset), gate_mask (neurons the
+  per-stream gate_B scales), gain (of the token drive), read (this tick's readout weight,
+  the same for every neuron), learn (this tick's e-prop weight per neuron).
+  Returns (v, i, a, tr, s, read[, post, spikes]).
+  """
+  c = AlifConstants(a_s, a_m, a_a, a_t, beta, threshold, width)
+  vec = tuple(vec_5xN[k][None, :] for k in range(len(TICK_VEC_ROWS)))
+  return _tick_math(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B[:, None], vec,
+                    read_BxN, post_BxN, spikes_BxN, c, functools.partial(spike, width=width))
+
+
+def _tick_kernel(*refs, constants: AlifConstants, collect: bool):
+  n_in = 11 if collect else 9
+  ins, outs = refs[:n_in], refs[n_in:]
+  v, i, a, tr, prop, drive, gate, vec, read = (r[...] for r in ins[:9])
+  post, spk = (ins[9][...], ins[10][...]) if collect else (None, None)
+  rows = tuple(vec[k][None, :] for k in range(len(TICK_VEC_ROWS)))
+  vals = _tick_math(v, i, a, tr, prop, drive, gate[:, None], rows, read, post, spk, constants,
+                    lambda x: (x > 0).astype(x.dtype))
+  for ref, val in zip(outs, vals):
+    ref[...] = val
+
+
+def _tick_pallas(args, constants, collect, interpret):
+  v = args[0]
+  b, n = v.shape
+  n_pad = n if _largest_pow2_divisor(n, 128) >= 32 else pl.cdiv(n, 128) * 128
+  if n_pad != n:  # odd sizes only (tests); real brains are whole tiles
+    padn = lambda z: jnp.pad(z, ((0, 0), (0, n_pad - n)))
+    args = tuple(z if k == 6 else padn(z) for k, z in enumerate(args))
+  block_n = _largest_pow2_divisor(n_pad, _MAX_BLOCK_N)
+  block_b = _largest_pow2_divisor(b, _BLOCK_ELEMS // block_n)
+  spec = pl.BlockSpec((block_b, block_n), lambda bi, ni: (bi, ni))
+  in_specs = [spec] * 6 + [pl.BlockSpec((block_b,), lambda bi, ni: (bi,)),
+                           pl.BlockSpec((len(TICK_VEC_ROWS), block_n), lambda bi, ni: (0, ni)),
+                           spec] + ([spec, spec] if collect else [])
+  out_dtypes = [jnp.float32] * 6 + ([args[9].dtype, args[10].dtype] if collect else [])
+  # In place: v, i, a, tr; s takes prop's buffer; the sums stay where they are.
+  aliases = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 8: 5} | ({9: 6, 10: 7} if collect else {})
+  outs = pl.pallas_call(
+      functools.partial(_tick_kernel, constants=constants, collect=collect),
+      grid=(b // block_b, n_pad // block_n),
+      in_specs=in_specs,
+      out_specs=[spec] * len(out_dtypes),
+      out_shape=[jax.ShapeDtypeStruct((b, n_pad), d) for d in out_dtypes],
+      input_output_aliases=aliases,
+      compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1),
+      interpret=interpret,
+      name="alif_tick",
+  )(*args)
+  return tuple(o[:, :n] for o in outs) if n_pad != n else tuple(outs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _tick(args, constants, collect, interpret):
+  return _tick_pallas(args, constants, collect, interpret)
+
+
+def _tick_ref_fn(constants, collect):
+  def fn(*xs):
+    head, tail = xs[:9], xs[9:] if collect else ()
+    return alif_tick_reference(*head, *tail, **constants._asdict())
+  return fn
+
+
+def _tick_fwd(args, constants, collect, interpret):
+  return _tick_pallas(args, constants, collect, interpret), args
+
+
+def _tick_bwd(constants, collect, interpret, args, g):
+  """The reference's vjp (elementwise: XLA fuses it)."""
+  del interpret
+  _, vjp = jax.vjp(_tick_ref_fn(constants, collect), *args)
+  return (vjp(tuple(g)),)
+
+
+_tick.defvjp(_tick_fwd, _tick_bwd)
+
+
+def alif_tick(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_5xN, read_BxN,
+              post_BxN=None, spikes_BxN=None, *, a_s: float, a_m: float, a_a: float, a_t: float,
+              beta: float, threshold: float, width: float, interpret: bool = False):
+  """Pallas `alif_tick_reference`: the whole neuron tick in one pass over [B, N].
+
+  State, prop, drive and read float32 [B, N]; gate_B [B]; vec_5xN [5, N] (rows
+  TICK_VEC_ROWS); post/spikes [B, N] in their own dtype (bfloat16 in the brain), both or
+  neither. Returns (v, i, a, tr, s, read[, post, spikes]); the state and sums are updated
+  in place where XLA can donate them. Differentiable (the reference's vjp).
+  """
+  b, n = v_BxN.shape
+  collect = post_BxN is not None
+  if collect != (spikes_BxN is not None):
+    raise ValueError("alif_tick: give both post_BxN and spikes_BxN, or neither.")
+  named = (("i", i_BxN), ("a", a_BxN), ("tr", tr_BxN), ("prop", prop_BxN), ("drive", drive_BxN),
+           ("read", read_BxN)) + ((("post", post_BxN), ("spikes", spikes_BxN)) if collect else ())
+  for name, z in named:
+    if z.shape != (b, n):
+      raise ValueError(f"alif_tick: {name} has shape {z.shape}, expected v's {(b, n)}.")
+  if gate_B.shape != (b,) or vec_5xN.shape != (len(TICK_VEC_ROWS), n):
+    raise ValueError(f"alif_tick: gate {gate_B.shape} / vec {vec_5xN.shape} must be {(b,)} / "
+                     f"{(len(TICK_VEC_ROWS), n)} (rows {TICK_VEC_ROWS}).")
+  constants = AlifConstants(*(float(c) for c in (a_s, a_m, a_a, a_t, beta, threshold, width)))
+  f32 = lambda z: z.astype(jnp.float32)
+  args = tuple(f32(z) for z in (v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B,
+                                vec_5xN, read_BxN))
+  if collect:
+    args += (post_BxN, spikes_BxN)
+  return _tick(args, constants, collect, interpret)
