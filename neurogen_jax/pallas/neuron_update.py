@@ -229,9 +229,10 @@ def alif_tick_reference(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B
 def _tick_kernel(*refs, constants: AlifConstants, collect: bool):
   n_in = 11 if collect else 9
   ins, outs = refs[:n_in], refs[n_in:]
-  v, i, a, tr, prop, drive, gate, vec, read = (r[...] for r in ins[:9])
+  v, i, a, tr, prop, drive, gate = (r[...] for r in ins[:7])
+  read = ins[8][...]
   post, spk = (ins[9][...], ins[10][...]) if collect else (None, None)
-  rows = tuple(vec[k][None, :] for k in range(len(TICK_VEC_ROWS)))
+  rows = tuple(ins[7][k, :][None, :] for k in range(len(TICK_VEC_ROWS)))  # one load per row
   vals = _tick_math(v, i, a, tr, prop, drive, gate[:, None], rows, read, post, spk, constants,
                     lambda x: (x > 0).astype(x.dtype))
   for ref, val in zip(outs, vals):
@@ -245,11 +246,14 @@ def _tick_pallas(args, constants, collect, interpret):
   if n_pad != n:  # odd sizes only (tests); real brains are whole tiles
     padn = lambda z: jnp.pad(z, ((0, 0), (0, n_pad - n)))
     args = tuple(z if k == 6 else padn(z) for k, z in enumerate(args))
+  # Triton blocks must have power-of-2 sizes: the 5 vector rows travel as 8.
+  rows = pl.next_power_of_2(len(TICK_VEC_ROWS))
+  args = args[:7] + (jnp.pad(args[7], ((0, rows - len(TICK_VEC_ROWS)), (0, 0))),) + args[8:]
   block_n = _largest_pow2_divisor(n_pad, _MAX_BLOCK_N)
   block_b = _largest_pow2_divisor(b, _BLOCK_ELEMS // block_n)
   spec = pl.BlockSpec((block_b, block_n), lambda bi, ni: (bi, ni))
   in_specs = [spec] * 6 + [pl.BlockSpec((block_b,), lambda bi, ni: (bi,)),
-                           pl.BlockSpec((len(TICK_VEC_ROWS), block_n), lambda bi, ni: (0, ni)),
+                           pl.BlockSpec((rows, block_n), lambda bi, ni: (0, ni)),
                            spec] + ([spec, spec] if collect else [])
   out_dtypes = [jnp.float32] * 6 + ([args[9].dtype, args[10].dtype] if collect else [])
   # In place: v, i, a, tr; s takes prop's buffer; the sums stay where they are.
