@@ -48,17 +48,17 @@ def init_neuron_state(config: BrainConfig, batch: int) -> NeuronState:
 
 
 def alif_step(config: BrainConfig, st: NeuronState, cur_BxN: jax.Array,
-              theta_N: jax.Array, with_x: bool = True) -> tuple[NeuronState, jax.Array | None]:
+              theta_N: jax.Array) -> tuple[NeuronState, jax.Array]:
   """One tick of adaptive LIF (the arithmetic lives beside its kernel, `ops.alif_update`).
 
   i <- a_s i + cur;  v <- a_m v + (1 - a_m) i;  thr = 1 + beta a + theta;
   s = H(v - thr);    v <- v - s thr (soft reset);  a <- a_a a + s;  tr <- a_t tr + s.
   Returns the new state and the scaled distance to threshold (v - thr)/thr, whose
-  pseudo-derivative is the e-prop post-synaptic factor (None with with_x=False).
+  pseudo-derivative is the e-prop post-synaptic factor.
   """
   v, i, a, tr, s, x = ops.alif_update(st.v, st.i, st.a, st.tr, cur_BxN, theta_N,
                                       **alif_constants(config),
-                                      implementation=config.implementation, with_x=with_x)
+                                      implementation=config.implementation)
   return NeuronState(v=v, i=i, a=a, tr=tr, s=s), x
 
 
@@ -99,14 +99,12 @@ def izhikevich_step(config: BrainConfig, st: NeuronState, cur_BxN: jax.Array,
 
 
 def neuron_step(config: BrainConfig, st: NeuronState, cur_BxN: jax.Array,
-                theta_N: jax.Array, with_x: bool = True) -> tuple[NeuronState, jax.Array | None]:
-  """The configured neuron model's tick (see `alif_step`, `izhikevich_step`).
-
-  with_x=False: the caller needs no pseudo-derivative input; ALIF then skips x (None).
-  """
+                theta_N: jax.Array) -> tuple[NeuronState, jax.Array]:
+  """The configured neuron model's tick (see `alif_step`, `izhikevich_step`); the brain
+  runs `neuron_tick`, which adds the input current and the per-token sums."""
   if config.neuron_model == "izhikevich":
     return izhikevich_step(config, st, cur_BxN, theta_N)
-  return alif_step(config, st, cur_BxN, theta_N, with_x)
+  return alif_step(config, st, cur_BxN, theta_N)
 
 
 def neuron_tick(config: BrainConfig, st: NeuronState, prop_BxN: jax.Array, drive_BxN: jax.Array,
