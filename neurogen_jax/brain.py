@@ -192,6 +192,13 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   drive_BxN = jnp.pad(drive_BxNin * thal_gate_B[:, None], ((0, 0), (0, n - n_in)))
   input_gain_PxN = jnp.pad(table.input_gain_PxNin, ((0, 0), (0, n - n_in)))
   broca_N = _range_mean_N(n, broca.start, broca.stop) > 0
+  # Each phase's per-neuron rows for the neuron tick (`neuron_update.TICK_VEC_ROWS`):
+  # theta, gate mask (Broca), drive gain, read weight, learn weight.
+  n_phases = input_gain_PxN.shape[0]
+  per_neuron = lambda x_N: jnp.broadcast_to(x_N, (n_phases, n))
+  vec_Px5xN = jnp.stack([per_neuron(state.theta_N), per_neuron(broca_N.astype(jnp.float32)),
+                         input_gain_PxN, jnp.broadcast_to(table.read_P[:, None], (n_phases, n)),
+                         table.learn_PxN], axis=1)
   area_avg_NxA = jax.nn.one_hot(conn.area_N, len(config.areas), dtype=jnp.float32) / jnp.asarray(
       config.area_sizes, jnp.float32)
   sign_N = conn.sign_N.astype(params.tiles.dtype)
@@ -200,16 +207,14 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     ns, acc, bg_gate_B = carry
     # This tick's phase row (a dynamic index into the [P, ...] table: one scan over all
     # ticks of the token, no per-phase loop and no conditional).
-    input_gain_N, gain_RxK, learn_N = input_gain_PxN[p], table.gain_PxRxK[p], table.learn_PxN[p]
+    gain_RxK, learn_N = table.gain_PxRxK[p], table.learn_PxN[p]
     read, bg_on = table.read_P[p], table.bg_gate_P[p]
     prop_BxN = ops.propagate(ns.s.astype(sign_N.dtype) * sign_N, params.tiles, conn.col_RxK,
                              gain_RxK, config.implementation, events_variant=config.events_variant)
     gate_B = jnp.where(bg_on > 0, basal_ganglia_gate(config, ns.tr), 1.0)
     # Input current, neuron update and the token's sums in one op (one kernel with Pallas).
-    vec_5xN = jnp.stack([state.theta_N, broca_N.astype(jnp.float32), input_gain_N,
-                         jnp.broadcast_to(read, (n,)), learn_N])
     ns, read_BxN, post_BxN, spikes_BxN = neuron_tick(
-        config, ns, prop_BxN, drive_BxN, gate_B, vec_5xN, acc.read_BxN,
+        config, ns, prop_BxN, drive_BxN, gate_B, vec_Px5xN[p], acc.read_BxN,
         acc.post_BxN if collect else None, acc.spikes_BxN if collect else None)
     acc = acc._replace(read_BxN=read_BxN, read_ticks=acc.read_ticks + read)
     if collect:

@@ -108,19 +108,13 @@ def tile_update(w_RxKxTxT: jax.Array, pre_BxN: jax.Array, post_BxN: jax.Array, c
 def alif_update(v_BxN: jax.Array, i_BxN: jax.Array, a_BxN: jax.Array, tr_BxN: jax.Array,
                 cur_BxN: jax.Array, theta_N: jax.Array, *, a_s: float, a_m: float, a_a: float,
                 a_t: float, beta: float, threshold: float, width: float,
-                implementation: Implementation = "xla", with_x: bool = True):
-  """One adaptive-LIF tick -> (v, i, a, tr, s, x) (see `alif_update_reference`).
-
-  with_x=False: x (the scaled distance to threshold, only needed for the e-prop factor)
-  is not computed and comes back as None; the Pallas kernel then writes one array less.
-  """
+                implementation: Implementation = "xla"):
+  """One adaptive-LIF tick -> (v, i, a, tr, s, x) (see `alif_update_reference`)."""
   _check(implementation)
   kw = dict(a_s=a_s, a_m=a_m, a_a=a_a, a_t=a_t, beta=beta, threshold=threshold, width=width)
   if implementation == "pallas":
-    return pallas_neuron.alif_update(v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN, theta_N, **kw,
-                                     with_x=with_x)
-  out = alif_update_reference(v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN, theta_N, **kw)
-  return out if with_x else out[:5] + (None,)
+    return pallas_neuron.alif_update(v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN, theta_N, **kw)
+  return alif_update_reference(v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN, theta_N, **kw)
 
 
 def alif_tick(v_BxN: jax.Array, i_BxN: jax.Array, a_BxN: jax.Array, tr_BxN: jax.Array,

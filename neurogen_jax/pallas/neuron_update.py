@@ -80,10 +80,11 @@ def alif_update_reference(v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN, theta_N, *, a_s,
                     functools.partial(spike, width=width))
 
 
-def _kernel(v_ref, i_ref, a_ref, tr_ref, cur_ref, theta_ref, *out_refs, constants: AlifConstants):
+def _kernel(v_ref, i_ref, a_ref, tr_ref, cur_ref, theta_ref,
+            v_out, i_out, a_out, tr_out, s_out, x_out, *, constants: AlifConstants):
   outs = _alif_math(v_ref[...], i_ref[...], a_ref[...], tr_ref[...], cur_ref[...],
                     theta_ref[...][None, :], constants, lambda x: (x > 0).astype(x.dtype))
-  for ref, val in zip(out_refs, outs):  # (v, i, a, tr, s[, x]): x only when asked for
+  for ref, val in zip((v_out, i_out, a_out, tr_out, s_out, x_out), outs):
     ref[...] = val
 
 
@@ -94,22 +95,27 @@ def _largest_pow2_divisor(n: int, cap: int) -> int:
   return d
 
 
-def _alif_pallas(v, i, a, tr, cur, theta, constants, with_x, interpret):
-  b, n = v.shape
+def _layout(b: int, n: int) -> tuple[int, int, int]:
+  """(n_pad, block_b, block_n) of an elementwise [B, N] kernel: N padded to whole 128s
+  where it has no power-of-2 factor >= 32 (odd test sizes only; brains are whole tiles)."""
   n_pad = n if _largest_pow2_divisor(n, 128) >= 32 else pl.cdiv(n, 128) * 128
-  if n_pad != n:  # odd sizes only (tests); real brains are whole tiles
+  block_n = _largest_pow2_divisor(n_pad, _MAX_BLOCK_N)
+  return n_pad, _largest_pow2_divisor(b, _BLOCK_ELEMS // block_n), block_n
+
+
+def _alif_pallas(v, i, a, tr, cur, theta, constants, interpret):
+  b, n = v.shape
+  n_pad, block_b, block_n = _layout(b, n)
+  if n_pad != n:
     v, i, a, tr, cur = (jnp.pad(z, ((0, 0), (0, n_pad - n))) for z in (v, i, a, tr, cur))
     theta = jnp.pad(theta, (0, n_pad - n))
-  block_n = _largest_pow2_divisor(n_pad, _MAX_BLOCK_N)
-  block_b = _largest_pow2_divisor(b, _BLOCK_ELEMS // block_n)
   spec = pl.BlockSpec((block_b, block_n), lambda bi, ni: (bi, ni))
-  n_out = 6 if with_x else 5
   outs = pl.pallas_call(
       functools.partial(_kernel, constants=constants),
       grid=(b // block_b, n_pad // block_n),
       in_specs=[spec] * 5 + [pl.BlockSpec((block_n,), lambda bi, ni: (ni,))],
-      out_specs=[spec] * n_out,
-      out_shape=[jax.ShapeDtypeStruct((b, n_pad), jnp.float32)] * n_out,
+      out_specs=[spec] * 6,
+      out_shape=[jax.ShapeDtypeStruct((b, n_pad), jnp.float32)] * 6,
       # v, i, a, tr are updated in place (and cur's buffer takes s): a state array that is
       # dead after the tick (the scan carry) needs no copy into a fresh buffer.
       input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3, 4: 4},
@@ -117,25 +123,21 @@ def _alif_pallas(v, i, a, tr, cur, theta, constants, with_x, interpret):
       interpret=interpret,
       name="alif_update",
   )(v, i, a, tr, cur, theta)
-  outs = tuple(o[:, :n] for o in outs) if n_pad != n else tuple(outs)
-  return outs if with_x else outs + (None,)
+  return tuple(o[:, :n] for o in outs) if n_pad != n else tuple(outs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _alif(v, i, a, tr, cur, theta, constants, with_x, interpret):
-  return _alif_pallas(v, i, a, tr, cur, theta, constants, with_x, interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _alif(v, i, a, tr, cur, theta, constants, interpret):
+  return _alif_pallas(v, i, a, tr, cur, theta, constants, interpret)
 
 
-def _alif_fwd(v, i, a, tr, cur, theta, constants, with_x, interpret):
-  out = _alif_pallas(v, i, a, tr, cur, theta, constants, with_x, interpret)
-  return out, (v, i, a, tr, cur, theta)
+def _alif_fwd(v, i, a, tr, cur, theta, constants, interpret):
+  return _alif_pallas(v, i, a, tr, cur, theta, constants, interpret), (v, i, a, tr, cur, theta)
 
 
-def _alif_bwd(constants, with_x, interpret, res, g):
+def _alif_bwd(constants, interpret, res, g):
   """The reference's vjp (XLA fuses this elementwise backward into one pass)."""
   del interpret
-  if not with_x:  # x was not an output: no cotangent flows from it
-    g = tuple(g[:5]) + (jnp.zeros_like(res[0]),)
   _, vjp = jax.vjp(
       lambda *xs: alif_update_reference(*xs, **constants._asdict()), *res)
   return vjp(tuple(g))
@@ -146,13 +148,12 @@ _alif.defvjp(_alif_fwd, _alif_bwd)
 
 def alif_update(v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN, theta_N, *, a_s: float, a_m: float,
                 a_a: float, a_t: float, beta: float, threshold: float, width: float,
-                with_x: bool = True, interpret: bool = False):
+                interpret: bool = False):
   """Pallas `alif_update_reference`: one fused pass over the [B, N] state.
 
   All state float32 [B, N]; theta_N [N]. Decays a_* = exp(-dt/tau) and the threshold
-  parameters are Python floats (static). Returns (v, i, a, tr, s, x); with_x=False
-  skips writing x (the forward pass needs no pseudo-derivative) and returns x = None.
-  The state and cur buffers are updated in place where XLA can donate them.
+  parameters are Python floats (static). Returns (v, i, a, tr, s, x). The state and cur
+  buffers are updated in place where XLA can donate them.
   Differentiable: the custom_vjp is the reference's (surrogate psi for the spike).
   """
   b, n = v_BxN.shape
@@ -164,7 +165,7 @@ def alif_update(v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN, theta_N, *, a_s: float, a_
   constants = AlifConstants(*(float(c) for c in (a_s, a_m, a_a, a_t, beta, threshold, width)))
   state = (v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN)
   return _alif(*(z.astype(jnp.float32) for z in state), theta_N.astype(jnp.float32), constants,
-               bool(with_x), interpret)
+               interpret)
 
 
 # ------------------------------------------------------------------ the whole neuron tick
@@ -240,17 +241,13 @@ def _tick_kernel(*refs, constants: AlifConstants, collect: bool):
 
 
 def _tick_pallas(args, constants, collect, interpret):
-  v = args[0]
-  b, n = v.shape
-  n_pad = n if _largest_pow2_divisor(n, 128) >= 32 else pl.cdiv(n, 128) * 128
-  if n_pad != n:  # odd sizes only (tests); real brains are whole tiles
-    padn = lambda z: jnp.pad(z, ((0, 0), (0, n_pad - n)))
-    args = tuple(z if k == 6 else padn(z) for k, z in enumerate(args))
+  b, n = args[0].shape
+  n_pad, block_b, block_n = _layout(b, n)
+  if n_pad != n:  # every [B, N] and the [5, N] rows; gate_B (args[6]) has no N
+    args = tuple(z if k == 6 else jnp.pad(z, ((0, 0), (0, n_pad - n))) for k, z in enumerate(args))
   # Triton blocks must have power-of-2 sizes: the 5 vector rows travel as 8.
   rows = pl.next_power_of_2(len(TICK_VEC_ROWS))
   args = args[:7] + (jnp.pad(args[7], ((0, rows - len(TICK_VEC_ROWS)), (0, 0))),) + args[8:]
-  block_n = _largest_pow2_divisor(n_pad, _MAX_BLOCK_N)
-  block_b = _largest_pow2_divisor(b, _BLOCK_ELEMS // block_n)
   spec = pl.BlockSpec((block_b, block_n), lambda bi, ni: (bi, ni))
   in_specs = [spec] * 6 + [pl.BlockSpec((block_b,), lambda bi, ni: (bi,)),
                            pl.BlockSpec((rows, block_n), lambda bi, ni: (0, ni)),
@@ -277,21 +274,14 @@ def _tick(args, constants, collect, interpret):
   return _tick_pallas(args, constants, collect, interpret)
 
 
-def _tick_ref_fn(constants, collect):
-  def fn(*xs):
-    head, tail = xs[:9], xs[9:] if collect else ()
-    return alif_tick_reference(*head, *tail, **constants._asdict())
-  return fn
-
-
 def _tick_fwd(args, constants, collect, interpret):
   return _tick_pallas(args, constants, collect, interpret), args
 
 
 def _tick_bwd(constants, collect, interpret, args, g):
   """The reference's vjp (elementwise: XLA fuses it)."""
-  del interpret
-  _, vjp = jax.vjp(_tick_ref_fn(constants, collect), *args)
+  del collect, interpret  # args holds post and spikes exactly when collecting
+  _, vjp = jax.vjp(lambda *xs: alif_tick_reference(*xs, **constants._asdict()), *args)
   return (vjp(tuple(g)),)
 
 
