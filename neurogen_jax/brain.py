@@ -116,15 +116,52 @@ def init(config: BrainConfig, key: jax.Array, batch: int = 1) -> tuple[Params, B
   return init_params(config, key), init_state(config, batch)
 
 
-def _area_mean(x_BxN: jax.Array, area_avg_NxA: jax.Array) -> jax.Array:
-  """[B, N] -> [A]: mean over streams and over each area's neurons."""
-  return jnp.mean(x_BxN @ area_avg_NxA, axis=0)
+def _range_mask_N(n: int, start: int, stop: int) -> jax.Array:
+  """[N] bool mask of neurons [start, stop) (a mask, not a slice: see `cognitive_step`)."""
+  idx_N = jnp.arange(n)
+  return (idx_N >= start) & (idx_N < stop)
 
 
 def _range_mean_N(n: int, start: int, stop: int) -> jax.Array:
-  """[N] weights that average neurons [start, stop) (a mask, not a slice: see `cognitive_step`)."""
-  idx_N = jnp.arange(n)
-  return ((idx_N >= start) & (idx_N < stop)).astype(jnp.float32) / (stop - start)
+  """[N] weights that average neurons [start, stop)."""
+  return _range_mask_N(n, start, stop).astype(jnp.float32) / (stop - start)
+
+
+def _bg_halves(config: BrainConfig) -> tuple[tuple[int, int], tuple[int, int]] | None:
+  """Neuron ranges of the basal ganglia's Go and No-Go halves (None without the area)."""
+  if "basal_ganglia" not in config.area_names:
+    return None
+  sl = config.area_slice("basal_ganglia")
+  half = (sl.stop - sl.start) // 2
+  return (sl.start, sl.start + half), (sl.start + half, sl.stop)
+
+
+def _tick_taps_NxK(config: BrainConfig, conn: Connectivity, dtype) -> jax.Array:
+  """[N, A + 2] weights that count a tick's spikes from its signed spikes q = s * sign:
+  one column per area, then the Go and No-Go halves of the basal ganglia (zero without
+  that area). Entries are 0 or the sign (+-1), exact in any float dtype, so q @ taps is an
+  exact spike count."""
+  n = config.num_neurons
+  cols = [jax.nn.one_hot(conn.area_N, len(config.areas), dtype=jnp.float32)]
+  halves = _bg_halves(config)
+  for start, stop in (halves or ((0, 0), (0, 0))):
+    cols.append(_range_mask_N(n, start, stop).astype(jnp.float32)[:, None])
+  return (jnp.concatenate(cols, axis=1) * conn.sign_N[:, None]).astype(dtype)
+
+
+def bg_trace_means(config: BrainConfig, tr_BxN: jax.Array) -> jax.Array:
+  """[B, 2]: mean trace of the basal ganglia's Go and No-Go halves (zeros without it)."""
+  halves = _bg_halves(config)
+  if halves is None:
+    return jnp.zeros((tr_BxN.shape[0], 2), jnp.float32)
+  n = tr_BxN.shape[-1]
+  return tr_BxN @ jnp.stack([_range_mean_N(n, *h) for h in halves], axis=1)
+
+
+def bg_gate_from_means(go_nogo_Bx2: jax.Array) -> jax.Array:
+  """Go vs No-Go mean traces -> [B] gate in (0, 2)."""
+  go, nogo = go_nogo_Bx2[:, 0], go_nogo_Bx2[:, 1]
+  return 2.0 * jax.nn.sigmoid(BG_GATE_SLOPE * (go - nogo) / (go + nogo + 1e-3))
 
 
 def thalamic_gate(config: BrainConfig, drive_BxNin: jax.Array, i_BxN: jax.Array) -> jax.Array:
@@ -140,14 +177,9 @@ def thalamic_gate(config: BrainConfig, drive_BxNin: jax.Array, i_BxN: jax.Array)
 
 def basal_ganglia_gate(config: BrainConfig, tr_BxN: jax.Array) -> jax.Array:
   """Go (first half of the basal ganglia) vs No-Go (second half) traces -> [B] gate in (0, 2)."""
-  if "basal_ganglia" not in config.area_names:
+  if _bg_halves(config) is None:
     return jnp.ones(tr_BxN.shape[:1], jnp.float32)
-  sl = config.area_slice("basal_ganglia")
-  half = (sl.stop - sl.start) // 2
-  n = tr_BxN.shape[-1]
-  go = tr_BxN @ _range_mean_N(n, sl.start, sl.start + half)
-  nogo = tr_BxN @ _range_mean_N(n, sl.start + half, sl.stop)
-  return 2.0 * jax.nn.sigmoid(BG_GATE_SLOPE * (go - nogo) / (go + nogo + 1e-3))
+  return bg_gate_from_means(bg_trace_means(config, tr_BxN))
 
 
 class _Acc(NamedTuple):
@@ -191,38 +223,52 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   thal_gate_B = thalamic_gate(config, drive_BxNin, state.neurons.i)
   drive_BxN = jnp.pad(drive_BxNin * thal_gate_B[:, None], ((0, 0), (0, n - n_in)))
   input_gain_PxN = jnp.pad(table.input_gain_PxNin, ((0, 0), (0, n - n_in)))
-  broca_N = _range_mean_N(n, broca.start, broca.stop) > 0
+  broca_N = _range_mask_N(n, broca.start, broca.stop)
   # Each phase's per-neuron rows for the neuron tick (`neuron_update.TICK_VEC_ROWS`):
-  # theta, gate mask (Broca), drive gain, read weight, learn weight.
+  # theta, gate mask (Broca), drive gain, read weight, learn weight, sign.
   n_phases = input_gain_PxN.shape[0]
   per_neuron = lambda x_N: jnp.broadcast_to(x_N, (n_phases, n))
-  vec_Px5xN = jnp.stack([per_neuron(state.theta_N), per_neuron(broca_N.astype(jnp.float32)),
+  vec_Px6xN = jnp.stack([per_neuron(state.theta_N), per_neuron(broca_N.astype(jnp.float32)),
                          input_gain_PxN, jnp.broadcast_to(table.read_P[:, None], (n_phases, n)),
-                         table.learn_PxN], axis=1)
-  area_avg_NxA = jax.nn.one_hot(conn.area_N, len(config.areas), dtype=jnp.float32) / jnp.asarray(
-      config.area_sizes, jnp.float32)
-  sign_N = conn.sign_N.astype(params.tiles.dtype)
+                         table.learn_PxN, per_neuron(conn.sign_N.astype(jnp.float32))], axis=1)
+  # The tick propagates signed spikes q = s * sign in the weights' dtype (the neuron tick
+  # writes them); their counts per area and basal-ganglia half come from q @ taps.
+  signed_dtype = params.tiles.dtype
+  taps_NxK = _tick_taps_NxK(config, conn, signed_dtype)
+  n_areas = len(config.areas)
+  area_sizes_A = jnp.asarray(config.area_sizes, jnp.float32)
+  halves = _bg_halves(config)
+  has_bg = halves is not None
+  bg_half = float(halves[0][1] - halves[0][0]) if has_bg else 1.0
+  a_t = config.decay(config.tau_trace_ms)
 
   def tick(carry, p):
-    ns, acc, bg_gate_B = carry
+    ns, q_BxN, go_nogo_Bx2, acc, bg_gate_B = carry
     # This tick's phase row (a dynamic index into the [P, ...] table: one scan over all
     # ticks of the token, no per-phase loop and no conditional).
     gain_RxK, learn_N = table.gain_PxRxK[p], table.learn_PxN[p]
     read, bg_on = table.read_P[p], table.bg_gate_P[p]
-    prop_BxN = ops.propagate(ns.s.astype(sign_N.dtype) * sign_N, params.tiles, conn.col_RxK,
-                             gain_RxK, config.implementation, events_variant=config.events_variant)
-    gate_B = jnp.where(bg_on > 0, basal_ganglia_gate(config, ns.tr), 1.0)
+    prop_BxN = ops.propagate(q_BxN, params.tiles, conn.col_RxK, gain_RxK,
+                             config.implementation, events_variant=config.events_variant)
+    gate_B = (jnp.where(bg_on > 0, bg_gate_from_means(go_nogo_Bx2), 1.0) if has_bg
+              else jnp.ones((bsz,), jnp.float32))
     # Input current, neuron update and the token's sums in one op (one kernel with Pallas).
-    ns, read_BxN, post_BxN, spikes_BxN = neuron_tick(
-        config, ns, prop_BxN, drive_BxN, gate_B, vec_Px5xN[p], acc.read_BxN,
-        acc.post_BxN if collect else None, acc.spikes_BxN if collect else None)
+    ns, q_BxN, read_BxN, post_BxN, spikes_BxN = neuron_tick(
+        config, ns, prop_BxN, drive_BxN, gate_B, vec_Px6xN[p], acc.read_BxN,
+        acc.post_BxN if collect else None, acc.spikes_BxN if collect else None,
+        signed_dtype=signed_dtype)
     acc = acc._replace(read_BxN=read_BxN, read_ticks=acc.read_ticks + read)
     if collect:
       acc = acc._replace(post_BxN=post_BxN, spikes_BxN=spikes_BxN,
                          learn_ticks_N=acc.learn_ticks_N + learn_N)
-    area_rate_A = _area_mean(ns.s, area_avg_NxA)
+    # Spike counts per area and basal-ganglia half (exact: q and taps are 0 or +-1). The
+    # halves' mean traces follow tr <- a_t tr + s without reading tr.
+    counts_BxK = jnp.dot(q_BxN, taps_NxK, preferred_element_type=jnp.float32)
+    area_rate_A = jnp.mean(counts_BxK[:, :n_areas], axis=0) / area_sizes_A
+    go_nogo_Bx2 = a_t * go_nogo_Bx2 + counts_BxK[:, n_areas:] / bg_half
     raster = ns.s[0, ::raster_stride] if raster_stride else jnp.zeros((0,), ns.s.dtype)
-    return (ns, acc, jnp.where(bg_on > 0, gate_B, bg_gate_B)), (area_rate_A, raster)
+    return (ns, q_BxN, go_nogo_Bx2, acc, jnp.where(bg_on > 0, gate_B, bg_gate_B)), (
+        area_rate_A, raster)
 
   z = lambda *s: jnp.zeros(s, jnp.float32)
   h = lambda *s: jnp.zeros(s, jnp.bfloat16)
@@ -233,8 +279,11 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   phase_T = phase_of_tick(config)
   # Unrolled (config.scan_unroll) at B = 1, where each loop iteration's fixed cost (the
   # loop predicate goes to the host) is a large part of a tick.
-  (ns, acc, bg_gate_B), (rates_TxA, raster_TxS) = jax.lax.scan(
-      tick, (state.neurons, acc0, state.bg_gate_B), jnp.asarray(phase_T, jnp.int32),
+  q0_BxN = (state.neurons.s * conn.sign_N).astype(signed_dtype)
+  carry0 = (state.neurons, q0_BxN, bg_trace_means(config, state.neurons.tr), acc0,
+            state.bg_gate_B)
+  (ns, _, _, acc, bg_gate_B), (rates_TxA, raster_TxS) = jax.lax.scan(
+      tick, carry0, jnp.asarray(phase_T, jnp.int32),
       unroll=config.scan_unroll(bsz, jax.default_backend()))
   # Mean rate of each phase: a static [P, T] averaging matrix over the ticks.
   phase_avg_PxT = (np.arange(len(config.phases))[:, None] == phase_T[None, :]).astype(np.float32)

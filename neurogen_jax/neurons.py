@@ -108,26 +108,29 @@ def neuron_step(config: BrainConfig, st: NeuronState, cur_BxN: jax.Array,
 
 
 def neuron_tick(config: BrainConfig, st: NeuronState, prop_BxN: jax.Array, drive_BxN: jax.Array,
-                gate_B: jax.Array, vec_5xN: jax.Array, read_BxN: jax.Array,
-                post_BxN: jax.Array | None = None, spikes_BxN: jax.Array | None = None
-                ) -> tuple[NeuronState, jax.Array, jax.Array | None, jax.Array | None]:
+                gate_B: jax.Array, vec_6xN: jax.Array, read_BxN: jax.Array,
+                post_BxN: jax.Array | None = None, spikes_BxN: jax.Array | None = None,
+                signed_dtype=jnp.bfloat16
+                ) -> tuple[NeuronState, jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
   """One tick of the brain's neurons with its input current and per-token sums.
 
   cur = prop * (gate_B where gate_mask) + drive * gain; the neuron model's step; then
+  q = s * sign (the signed spikes the next tick propagates, in `signed_dtype`),
   read += read_weight * tr and, when post/spikes are given, post += psi(x) * learn and
-  spikes += s. vec_5xN rows: `neuron_update.TICK_VEC_ROWS` (theta, gate_mask, gain, read,
-  learn). ALIF runs it as one op (`ops.alif_tick`: one fused kernel with Pallas).
-  Returns (state, read, post, spikes); post and spikes are None when not given.
+  spikes += s. vec_6xN rows: `neuron_update.TICK_VEC_ROWS` (theta, gate_mask, gain, read,
+  learn, sign). ALIF runs it as one op (`ops.alif_tick`: one fused kernel with Pallas).
+  Returns (state, q, read, post, spikes); post and spikes are None when not given.
   """
   if config.neuron_model == "izhikevich":
-    theta_N, mask_N, gain_N, read_N, learn_N = vec_5xN
+    theta_N, mask_N, gain_N, read_N, learn_N, sign_N = vec_6xN
     cur_BxN = compose_current(prop_BxN, drive_BxN, gate_B[:, None], mask_N, gain_N)
     st, x_BxN = izhikevich_step(config, st, cur_BxN, theta_N)
+    q_BxN = (st.s * sign_N).astype(signed_dtype)
     sums = accumulate(st.tr, st.s, x_BxN, read_N, learn_N, read_BxN, post_BxN, spikes_BxN,
                       config.surrogate_width)
   else:
-    outs = ops.alif_tick(st.v, st.i, st.a, st.tr, prop_BxN, drive_BxN, gate_B, vec_5xN,
+    outs = ops.alif_tick(st.v, st.i, st.a, st.tr, prop_BxN, drive_BxN, gate_B, vec_6xN,
                          read_BxN, post_BxN, spikes_BxN, **alif_constants(config),
-                         implementation=config.implementation)
-    st, sums = NeuronState(*outs[:5]), outs[5:]
-  return (st, sums[0]) + ((sums[1], sums[2]) if post_BxN is not None else (None, None))
+                         signed_dtype=signed_dtype, implementation=config.implementation)
+    st, q_BxN, sums = NeuronState(*outs[:5]), outs[5], outs[6:]
+  return (st, q_BxN, sums[0]) + ((sums[1], sums[2]) if post_BxN is not None else (None, None))

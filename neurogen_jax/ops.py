@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 import jax
+import jax.numpy as jnp
 
 from neurogen_jax.pallas import events as pallas_events
 from neurogen_jax.pallas import neuron_update as pallas_neuron
@@ -118,16 +119,18 @@ def alif_update(v_BxN: jax.Array, i_BxN: jax.Array, a_BxN: jax.Array, tr_BxN: ja
 
 
 def alif_tick(v_BxN: jax.Array, i_BxN: jax.Array, a_BxN: jax.Array, tr_BxN: jax.Array,
-              prop_BxN: jax.Array, drive_BxN: jax.Array, gate_B: jax.Array, vec_5xN: jax.Array,
+              prop_BxN: jax.Array, drive_BxN: jax.Array, gate_B: jax.Array, vec_6xN: jax.Array,
               read_BxN: jax.Array, post_BxN: jax.Array | None = None,
               spikes_BxN: jax.Array | None = None, *, a_s: float, a_m: float, a_a: float,
               a_t: float, beta: float, threshold: float, width: float,
-              implementation: Implementation = "xla"):
-  """The whole ALIF tick: input current, neuron update and per-token sums in one pass
-  -> (v, i, a, tr, s, read[, post, spikes]) (see `alif_tick_reference`)."""
+              signed_dtype=jnp.bfloat16, implementation: Implementation = "xla"):
+  """The whole ALIF tick: input current, neuron update, the signed spikes to propagate
+  and the per-token sums in one pass -> (v, i, a, tr, s, q, read[, post, spikes]) (see
+  `alif_tick_reference`)."""
   _check(implementation)
-  kw = dict(a_s=a_s, a_m=a_m, a_a=a_a, a_t=a_t, beta=beta, threshold=threshold, width=width)
-  args = (v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_5xN, read_BxN,
+  kw = dict(a_s=a_s, a_m=a_m, a_a=a_a, a_t=a_t, beta=beta, threshold=threshold, width=width,
+            signed_dtype=signed_dtype)
+  args = (v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN, read_BxN,
           post_BxN, spikes_BxN)
   if implementation == "pallas":
     return pallas_neuron.alif_tick(*args, **kw)

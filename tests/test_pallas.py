@@ -257,7 +257,7 @@ def test_alif_reference_is_neurons_alif_step():
 
 
 def tick_inputs(seed, b, n, collect):
-  """alif_tick's inputs: state, prop, drive, gate_B, vec_5xN, read (and post, spikes)."""
+  """alif_tick's inputs: state, prop, drive, gate_B, vec_6xN, read (and post, spikes)."""
   v, i, a, tr, cur, theta = alif_inputs(seed, b, n)
   prop = 2.0 * cur  # the gate (0.2-1.8) scales a fifth of it: keep the rate well above zero
   keys = jax.random.split(jax.random.key(seed + 1000), 6)
@@ -267,7 +267,8 @@ def tick_inputs(seed, b, n, collect):
   gain = jax.random.uniform(keys[2], (n,))
   read_w = jnp.full((n,), 0.7)
   learn = (jnp.arange(n) % 3 != 0).astype(jnp.float32)
-  vec = jnp.stack([theta, mask, gain, read_w, learn])
+  sign = jnp.where(jnp.arange(n) % 4 == 1, -1.0, 1.0)
+  vec = jnp.stack([theta, mask, gain, read_w, learn, sign])
   read = jax.random.uniform(keys[3], (b, n))
   extra = ()
   if collect:
@@ -282,13 +283,16 @@ def test_alif_tick_matches_reference(interpret, b, n, collect):
   args = tick_inputs(31, b, n, collect)
   out = neuron_update.alif_tick(*args, **ALIF, interpret=interpret)
   ref = neuron_update.alif_tick_reference(*args, **ALIF)
-  assert len(out) == len(ref) == (8 if collect else 6)
+  assert len(out) == len(ref) == (9 if collect else 7)
   # Where the reference sits at the threshold a rounding difference may flip the spike.
   cur = args[4] * jnp.where(args[7][1] > 0, args[6][:, None], 1.0) + args[5] * args[7][2]
   x_ref = neuron_update.alif_update_reference(*args[:4], cur, args[7][0], **ALIF)[5]
   firm = jnp.abs(x_ref) > 1e-5
   assert bool(jnp.all(jnp.where(firm, out[4] == ref[4], True))), "spikes differ"
   assert 0.05 < float(jnp.mean(ref[4])) < 0.95
+  # q is the signed spike in bfloat16: both signs occur, and |q| is the spike.
+  assert out[5].dtype == jnp.bfloat16 and float(jnp.min(ref[5])) == -1.0 == -float(jnp.max(ref[5]))
+  np.testing.assert_array_equal(np.abs(np.asarray(out[5], np.float32)), np.asarray(out[4]))
   for o, r in zip(out, ref):
     assert o.shape == (b, n) and o.dtype == r.dtype
     tol = "bfloat16" if r.dtype == jnp.bfloat16 else "float32"
@@ -303,22 +307,23 @@ def test_alif_tick_reference_is_the_unfused_tick():
   got = neuron_update.alif_tick_reference(*args, **ALIF)
   cur = prop * jnp.where(vec[1] > 0, gate[:, None], 1.0) + drive * vec[2]
   nv, ni, na, ntr, ns, x = neuron_update.alif_update_reference(v, i, a, tr, cur, vec[0], **ALIF)
-  want = (nv, ni, na, ntr, ns, read + ntr * vec[3],
+  want = (nv, ni, na, ntr, ns, (ns * vec[5]).astype(jnp.bfloat16), read + ntr * vec[3],
           (post + neuron_update.pseudo_derivative(x, ALIF["width"]) * vec[4]).astype(jnp.bfloat16),
           (spk + ns).astype(jnp.bfloat16))
   for g, w in zip(got, want):
     np.testing.assert_array_equal(np.asarray(g.astype(jnp.float32)), np.asarray(w.astype(jnp.float32)))
   # The sums moved: the test would not pass with accumulators left alone.
-  assert float(jnp.max(jnp.abs(got[5] - read))) > 0.1
-  assert float(jnp.sum(got[7].astype(jnp.float32) - spk.astype(jnp.float32))) > 0
+  assert float(jnp.max(jnp.abs(got[6] - read))) > 0.1
+  assert float(jnp.sum(got[8].astype(jnp.float32) - spk.astype(jnp.float32))) > 0
 
 
 def test_alif_tick_grads_match_reference(interpret):
   args = tick_inputs(33, 3, 256, False)
-  probes = [jax.random.normal(k, (3, 256)) for k in jax.random.split(jax.random.key(34), 6)]
+  probes = [jax.random.normal(k, (3, 256)) for k in jax.random.split(jax.random.key(34), 7)]
 
   def loss(fn):
-    return lambda *a: sum(jnp.sum(o * p) for o, p in zip(fn(*a, **ALIF), probes))
+    return lambda *a: sum(jnp.sum(o.astype(jnp.float32) * p)
+                          for o, p in zip(fn(*a, **ALIF), probes))
 
   pallas_fn = lambda *a, **kw: neuron_update.alif_tick(*a, **kw, interpret=interpret)
   argnums = tuple(range(9))
@@ -333,7 +338,7 @@ def test_alif_tick_bad_shapes():
   args = list(tick_inputs(35, 2, 64, True))
   with pytest.raises(ValueError, match="both post_BxN and spikes_BxN"):
     neuron_update.alif_tick(*args[:10], **ALIF, interpret=True)
-  args[7] = args[7][:4]
+  args[7] = args[7][:5]
   with pytest.raises(ValueError, match="rows"):
     neuron_update.alif_tick(*args, **ALIF, interpret=True)
 

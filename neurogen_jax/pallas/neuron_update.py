@@ -176,8 +176,8 @@ def alif_update(v_BxN, i_BxN, a_BxN, tr_BxN, cur_BxN, theta_N, *, a_s: float, a_
 # count) are accumulated in place. Separately these are four more passes over [B, N]
 # arrays per tick; fused they cost one read and one write of each accumulator.
 
-# Rows of the per-neuron vector input vec_5xN.
-TICK_VEC_ROWS = ("theta", "gate_mask", "gain", "read", "learn")
+# Rows of the per-neuron vector input vec_6xN.
+TICK_VEC_ROWS = ("theta", "gate_mask", "gain", "read", "learn", "sign")
 
 
 def compose_current(prop, drive, gate, mask, gain):
@@ -197,37 +197,41 @@ def accumulate(tr, s, x, read, learn, read_acc, post_acc, spk_acc, width):
 
 
 def _tick_math(v, i, a, tr, prop, drive, gate, vec, read_acc, post_acc, spk_acc,
-               c: AlifConstants, spike_fn):
+               c: AlifConstants, spike_fn, signed_dtype):
   """The tick's arithmetic on [B, N] (reference) or blocks (kernel); vec rows [1, N]."""
-  theta, mask, gain, read, learn = vec
+  theta, mask, gain, read, learn, sign = vec
   cur = compose_current(prop, drive, gate, mask, gain)
   v, i, a, tr, s, x = _alif_math(v, i, a, tr, cur, theta, c, spike_fn)
-  return (v, i, a, tr, s) + accumulate(tr, s, x, read, learn, read_acc, post_acc, spk_acc,
-                                       c.width)
+  q = (s * sign).astype(signed_dtype)
+  return (v, i, a, tr, s, q) + accumulate(tr, s, x, read, learn, read_acc, post_acc, spk_acc,
+                                          c.width)
 
 
-def alif_tick_reference(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_5xN,
+def alif_tick_reference(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN,
                         read_BxN, post_BxN=None, spikes_BxN=None, *, a_s, a_m, a_a, a_t, beta,
-                        threshold, width):
+                        threshold, width, signed_dtype=jnp.bfloat16):
   """One ALIF tick with its input composition and per-token sums, in plain jnp.
 
     cur  = prop * (gate_B where gate_mask else 1) + drive * gain
     (v, i, a, tr, s, x) = alif_update_reference(v, i, a, tr, cur, theta)
+    q = s * sign  (in `signed_dtype`: the signed spikes that the next tick propagates)
     read += read_weight * tr;  post += psi(x) * learn;  spikes += s   (the last two only
     when post/spikes are given; they keep their dtype, e.g. bfloat16)
 
-  vec_5xN rows: TICK_VEC_ROWS = theta (homeostatic offset), gate_mask (neurons the
+  vec_6xN rows: TICK_VEC_ROWS = theta (homeostatic offset), gate_mask (neurons the
   per-stream gate_B scales), gain (of the token drive), read (this tick's readout weight,
-  the same for every neuron), learn (this tick's e-prop weight per neuron).
-  Returns (v, i, a, tr, s, read[, post, spikes]).
+  the same for every neuron), learn (this tick's e-prop weight per neuron), sign (+1
+  excitatory, -1 inhibitory).
+  Returns (v, i, a, tr, s, q, read[, post, spikes]).
   """
   c = AlifConstants(a_s, a_m, a_a, a_t, beta, threshold, width)
-  vec = tuple(vec_5xN[k][None, :] for k in range(len(TICK_VEC_ROWS)))
+  vec = tuple(vec_6xN[k][None, :] for k in range(len(TICK_VEC_ROWS)))
   return _tick_math(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B[:, None], vec,
-                    read_BxN, post_BxN, spikes_BxN, c, functools.partial(spike, width=width))
+                    read_BxN, post_BxN, spikes_BxN, c, functools.partial(spike, width=width),
+                    jnp.dtype(signed_dtype))
 
 
-def _tick_kernel(*refs, constants: AlifConstants, collect: bool):
+def _tick_kernel(*refs, constants: AlifConstants, collect: bool, signed_dtype):
   n_in = 11 if collect else 9
   ins, outs = refs[:n_in], refs[n_in:]
   v, i, a, tr, prop, drive, gate = (r[...] for r in ins[:7])
@@ -235,28 +239,31 @@ def _tick_kernel(*refs, constants: AlifConstants, collect: bool):
   post, spk = (ins[9][...], ins[10][...]) if collect else (None, None)
   rows = tuple(ins[7][k, :][None, :] for k in range(len(TICK_VEC_ROWS)))  # one load per row
   vals = _tick_math(v, i, a, tr, prop, drive, gate[:, None], rows, read, post, spk, constants,
-                    lambda x: (x > 0).astype(x.dtype))
+                    lambda x: (x > 0).astype(x.dtype), signed_dtype)
   for ref, val in zip(outs, vals):
     ref[...] = val
 
 
-def _tick_pallas(args, constants, collect, interpret):
+def _tick_pallas(args, constants, collect, signed_dtype, interpret):
   b, n = args[0].shape
   n_pad, block_b, block_n = _layout(b, n)
-  if n_pad != n:  # every [B, N] and the [5, N] rows; gate_B (args[6]) has no N
+  if n_pad != n:  # every [B, N] and the [6, N] rows; gate_B (args[6]) has no N
     args = tuple(z if k == 6 else jnp.pad(z, ((0, 0), (0, n_pad - n))) for k, z in enumerate(args))
-  # Triton blocks must have power-of-2 sizes: the 5 vector rows travel as 8.
+  # Triton blocks must have power-of-2 sizes: the 6 vector rows travel as 8.
   rows = pl.next_power_of_2(len(TICK_VEC_ROWS))
   args = args[:7] + (jnp.pad(args[7], ((0, rows - len(TICK_VEC_ROWS)), (0, 0))),) + args[8:]
   spec = pl.BlockSpec((block_b, block_n), lambda bi, ni: (bi, ni))
   in_specs = [spec] * 6 + [pl.BlockSpec((block_b,), lambda bi, ni: (bi,)),
                            pl.BlockSpec((rows, block_n), lambda bi, ni: (0, ni)),
                            spec] + ([spec, spec] if collect else [])
-  out_dtypes = [jnp.float32] * 6 + ([args[9].dtype, args[10].dtype] if collect else [])
-  # In place: v, i, a, tr; s takes prop's buffer; the sums stay where they are.
-  aliases = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 8: 5} | ({9: 6, 10: 7} if collect else {})
+  out_dtypes = ([jnp.float32] * 5 + [signed_dtype, jnp.float32]
+                + ([args[9].dtype, args[10].dtype] if collect else []))
+  # In place: v, i, a, tr; s takes prop's buffer; the sums stay where they are. q is new
+  # (in the brain's tick loop the previous q is dead by then: XLA gives it the same buffer).
+  aliases = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 8: 6} | ({9: 7, 10: 8} if collect else {})
   outs = pl.pallas_call(
-      functools.partial(_tick_kernel, constants=constants, collect=collect),
+      functools.partial(_tick_kernel, constants=constants, collect=collect,
+                        signed_dtype=signed_dtype),
       grid=(b // block_b, n_pad // block_n),
       in_specs=in_specs,
       out_specs=[spec] * len(out_dtypes),
@@ -269,34 +276,37 @@ def _tick_pallas(args, constants, collect, interpret):
   return tuple(o[:, :n] for o in outs) if n_pad != n else tuple(outs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _tick(args, constants, collect, interpret):
-  return _tick_pallas(args, constants, collect, interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _tick(args, constants, collect, signed_dtype, interpret):
+  return _tick_pallas(args, constants, collect, signed_dtype, interpret)
 
 
-def _tick_fwd(args, constants, collect, interpret):
-  return _tick_pallas(args, constants, collect, interpret), args
+def _tick_fwd(args, constants, collect, signed_dtype, interpret):
+  return _tick_pallas(args, constants, collect, signed_dtype, interpret), args
 
 
-def _tick_bwd(constants, collect, interpret, args, g):
+def _tick_bwd(constants, collect, signed_dtype, interpret, args, g):
   """The reference's vjp (elementwise: XLA fuses it)."""
   del collect, interpret  # args holds post and spikes exactly when collecting
-  _, vjp = jax.vjp(lambda *xs: alif_tick_reference(*xs, **constants._asdict()), *args)
+  _, vjp = jax.vjp(lambda *xs: alif_tick_reference(*xs, **constants._asdict(),
+                                                   signed_dtype=signed_dtype), *args)
   return (vjp(tuple(g)),)
 
 
 _tick.defvjp(_tick_fwd, _tick_bwd)
 
 
-def alif_tick(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_5xN, read_BxN,
+def alif_tick(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN, read_BxN,
               post_BxN=None, spikes_BxN=None, *, a_s: float, a_m: float, a_a: float, a_t: float,
-              beta: float, threshold: float, width: float, interpret: bool = False):
+              beta: float, threshold: float, width: float, signed_dtype=jnp.bfloat16,
+              interpret: bool = False):
   """Pallas `alif_tick_reference`: the whole neuron tick in one pass over [B, N].
 
-  State, prop, drive and read float32 [B, N]; gate_B [B]; vec_5xN [5, N] (rows
+  State, prop, drive and read float32 [B, N]; gate_B [B]; vec_6xN [6, N] (rows
   TICK_VEC_ROWS); post/spikes [B, N] in their own dtype (bfloat16 in the brain), both or
-  neither. Returns (v, i, a, tr, s, read[, post, spikes]); the state and sums are updated
-  in place where XLA can donate them. Differentiable (the reference's vjp).
+  neither. Returns (v, i, a, tr, s, q, read[, post, spikes]) with q = s * sign in
+  `signed_dtype`; the state and sums are updated in place where XLA can donate them.
+  Differentiable (the reference's vjp).
   """
   b, n = v_BxN.shape
   collect = post_BxN is not None
@@ -307,13 +317,13 @@ def alif_tick(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_5xN,
   for name, z in named:
     if z.shape != (b, n):
       raise ValueError(f"alif_tick: {name} has shape {z.shape}, expected v's {(b, n)}.")
-  if gate_B.shape != (b,) or vec_5xN.shape != (len(TICK_VEC_ROWS), n):
-    raise ValueError(f"alif_tick: gate {gate_B.shape} / vec {vec_5xN.shape} must be {(b,)} / "
+  if gate_B.shape != (b,) or vec_6xN.shape != (len(TICK_VEC_ROWS), n):
+    raise ValueError(f"alif_tick: gate {gate_B.shape} / vec {vec_6xN.shape} must be {(b,)} / "
                      f"{(len(TICK_VEC_ROWS), n)} (rows {TICK_VEC_ROWS}).")
   constants = AlifConstants(*(float(c) for c in (a_s, a_m, a_a, a_t, beta, threshold, width)))
   f32 = lambda z: z.astype(jnp.float32)
   args = tuple(f32(z) for z in (v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B,
-                                vec_5xN, read_BxN))
+                                vec_6xN, read_BxN))
   if collect:
     args += (post_BxN, spikes_BxN)
-  return _tick(args, constants, collect, interpret)
+  return _tick(args, constants, collect, jnp.dtype(signed_dtype), interpret)
