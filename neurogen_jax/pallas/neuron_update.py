@@ -23,6 +23,7 @@ from jax.experimental.pallas import triton as plgpu
 # registers.
 _BLOCK_ELEMS = 2048
 _MAX_BLOCK_N = 1024
+_NUM_WARPS = 4
 
 
 class AlifConstants(NamedTuple):
@@ -119,7 +120,7 @@ def _alif_pallas(v, i, a, tr, cur, theta, constants, interpret):
       # v, i, a, tr are updated in place (and cur's buffer takes s): a state array that is
       # dead after the tick (the scan carry) needs no copy into a fresh buffer.
       input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3, 4: 4},
-      compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1),
+      compiler_params=plgpu.CompilerParams(num_warps=_NUM_WARPS, num_stages=1),
       interpret=interpret,
       name="alif_update",
   )(v, i, a, tr, cur, theta)
@@ -269,7 +270,7 @@ def _tick_pallas(args, constants, collect, signed_dtype, interpret):
       out_specs=[spec] * len(out_dtypes),
       out_shape=[jax.ShapeDtypeStruct((b, n_pad), d) for d in out_dtypes],
       input_output_aliases=aliases,
-      compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1),
+      compiler_params=plgpu.CompilerParams(num_warps=_NUM_WARPS, num_stages=1),
       interpret=interpret,
       name="alif_tick",
   )(*args)

@@ -1,0 +1,79 @@
+"""Block size and warps of the fused neuron tick (`pallas.neuron_update.alif_tick`).
+
+  python -m experiments.tick_sweep --batch=256                   # full size, GPU
+  python -m experiments.tick_sweep --batch=2 --neurons=1024 --variants=2048:4 --interpret
+
+Runs T and 2T ticks in one scan (state carried, as in the brain, so the kernel updates
+it in place) and reports (time(2T) - time(T)) / T per tick: the loop's entry copies
+cancel. One JSON line per (collect, block elements, warps).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from experiments.timing import time_us
+from neurogen_jax.pallas import neuron_update
+
+_BATCH = flags.DEFINE_integer("batch", 256, "B: streams.")
+_NEURONS = flags.DEFINE_integer("neurons", 79872, "N: neurons.")
+_TICKS = flags.DEFINE_integer("ticks", 10, "T: ticks of the shorter scan.")
+_VARIANTS = flags.DEFINE_list("variants", ["2048:4", "1024:4", "1024:2", "2048:8", "4096:8",
+                                           "4096:4", "512:2", "512:4"],
+                              "block elements (B x N per program):num_warps pairs.")
+_INTERPRET = flags.DEFINE_bool("interpret", False, "Interpret mode (a CPU smoke test).")
+
+ALIF = dict(a_s=0.6065, a_m=0.7788, a_a=0.9753, a_t=0.9048, beta=0.5, threshold=1.0, width=0.5)
+
+
+def tick_scan(ticks: int, collect: bool, drive, gate, vec, interpret: bool):
+  """A jitted scan of `ticks` fused ticks over carried state (the spikes feed back as input)."""
+  @jax.jit
+  def run(v, i, a, tr, prop, read, post, spk):
+    def body(c, _):
+      v, i, a, tr, prop, read, post, spk = c
+      out = neuron_update.alif_tick(v, i, a, tr, prop, drive, gate, vec, read,
+                                    post if collect else None, spk if collect else None,
+                                    **ALIF, interpret=interpret)
+      v, i, a, tr, s, q, read = out[:7]
+      if collect:
+        post, spk = out[7:]
+      return (v, i, a, tr, s + 1e-9 * q.astype(jnp.float32), read, post, spk), None
+    return jax.lax.scan(body, (v, i, a, tr, prop, read, post, spk), None, length=ticks)[0]
+  return run
+
+
+def main(argv):
+  del argv
+  b, n = _BATCH.value, _NEURONS.value
+  keys = jax.random.split(jax.random.key(0), 7)
+  v, i, a, tr, prop, drive, read = (0.5 * jax.random.normal(k, (b, n)) for k in keys)
+  idx = jnp.arange(n)
+  vec = jnp.stack([jnp.zeros(n), (idx % 5 == 0) * 1.0, jnp.ones(n), jnp.full(n, 0.7),
+                   jnp.ones(n), jnp.where(idx % 4 == 1, -1.0, 1.0)])
+  post = spk = jnp.zeros((b, n), jnp.bfloat16)
+  gate = jnp.ones((b,))
+  args = (v, i, a, tr, prop, read, post, spk)
+  defaults = (neuron_update._BLOCK_ELEMS, neuron_update._NUM_WARPS)
+  for collect in (False, True):
+    for variant in _VARIANTS.value:
+      elems, warps = (int(x) for x in variant.split(":"))
+      neuron_update._BLOCK_ELEMS, neuron_update._NUM_WARPS = elems, warps
+      make = functools.partial(tick_scan, collect=collect, drive=drive, gate=gate, vec=vec,
+                               interpret=_INTERPRET.value)
+      t = _TICKS.value
+      short = time_us(make(t), *args, iters=10)
+      long = time_us(make(2 * t), *args, iters=10)
+      print(json.dumps(dict(batch=b, neurons=n, collect=collect, block_elems=elems,
+                            num_warps=warps, us_per_tick=(long - short) / t,
+                            device=jax.devices()[0].device_kind)), flush=True)
+  neuron_update._BLOCK_ELEMS, neuron_update._NUM_WARPS = defaults
+
+
+if __name__ == "__main__":
+  app.run(main)
