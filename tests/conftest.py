@@ -2,13 +2,23 @@
 
 import os
 
+import tempfile  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# One XLA compilation cache for the whole run, shared by both xdist workers and every
+# subprocess the tests start (CLI runs inherit the variable): the suite compiles the same
+# tiny-brain programs in many tests, which on a 2-core machine is most of its time. A
+# fresh directory per run (xdist's run id), so no test reads programs of another run.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"neurogen_jax_tests_xla_{_RUN}"))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
 def _has_gpu() -> bool:

@@ -17,6 +17,11 @@ def _unigram_entropy(ids):
   return float(-(p * np.log(p)).sum())
 
 
+# Chunks of training: the loss is far below the bound by 60 (0.24 nats against 2.55,
+# measured 2026-12-01; 0.12 after 150).
+STEPS = 60
+
+
 @pytest.fixture(scope="module")
 def trained():
   model = NeuroGenModel(vocab_size=257, embedding_dim=64, config=tiny_config(), learning_rate=3e-2)
@@ -24,7 +29,7 @@ def trained():
   b, l = 4, 16
   streams = IDS[: (len(IDS) // b) * b].reshape(b, -1)
   losses = []
-  for c in range(150):
+  for c in range(STEPS):
     s = (c * l) % (streams.shape[1] - l - 1)
     losses.append(model.train_step(streams[:, s:s + l], streams[:, s + 1:s + l + 1]))
   return model, losses
@@ -38,8 +43,8 @@ def test_train_step_brings_loss_below_unigram_entropy(trained):
   assert first > h - 0.1  # the first chunk (before any update) is scored by the unigram prior
   assert last < h - 0.5, (first, last, h)  # clearly below it: context is used
   stats = model.get_statistics()
-  assert stats["tokens_processed"] == 150 * 4 * 16
-  assert stats["cognitive_cycles"] == 150 * 16
+  assert stats["tokens_processed"] == STEPS * 4 * 16
+  assert stats["cognitive_cycles"] == STEPS * 16
   assert stats["vocab_size"] == 257 and stats["embedding_dim"] == 64
   for name, area in stats["areas"].items():
     assert 0.0 < area["firing_rate"] < 0.2, (name, area)

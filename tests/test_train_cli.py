@@ -42,8 +42,8 @@ DOCS = ["The cat sat on the mat. ", "A dog ran in the fog; ", "Rain falls on the
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
   e = dict(os.environ)
+  # JAX_COMPILATION_CACHE_DIR: the run's shared cache (conftest).
   e.update(HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
-           JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla_cache")),
            NEUROGEN_CACHE=str(tmp_path_factory.mktemp("neurogen_cache")))
   return e
 
