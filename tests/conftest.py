@@ -1,16 +1,16 @@
 """Shared test set-up: CPU by default, offline hub, GPU tests skipped cleanly without a GPU."""
 
 import os
-
-import tempfile  # noqa: E402
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # One XLA compilation cache for the whole run, shared by both xdist workers and every
 # subprocess the tests start (CLI runs inherit the variable): the suite compiles the same
-# tiny-brain programs in many tests, which on a 2-core machine is most of its time. A
-# fresh directory per run (xdist's run id), so no test reads programs of another run.
-_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+# tiny-brain programs in many tests. A fresh directory per run, named by the process that
+# imports this first (pytest's main process: the xdist workers inherit its environment),
+# so no test reads programs of another run.
+_RUN = str(os.getpid())
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"neurogen_jax_tests_xla_{_RUN}"))
 
