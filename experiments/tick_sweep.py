@@ -60,20 +60,21 @@ def main(argv):
   gate = jnp.ones((b,))
   args = (v, i, a, tr, prop, read, post, spk)
   defaults = (neuron_update._BLOCK_ELEMS, neuron_update._NUM_WARPS)
-  for collect in (False, True):
-    for variant in _VARIANTS.value:
-      elems, warps = (int(x) for x in variant.split(":"))
-      neuron_update._BLOCK_ELEMS, neuron_update._NUM_WARPS = elems, warps
-      make = functools.partial(tick_scan, collect=collect, drive=drive, gate=gate, vec=vec,
-                               interpret=_INTERPRET.value)
-      t = _TICKS.value
-      short = time_us(make(t), *args, iters=10)
-      long = time_us(make(2 * t), *args, iters=10)
-      print(json.dumps(dict(batch=b, neurons=n, collect=collect, block_elems=elems,
-                            num_warps=warps, us_per_tick=(long - short) / t,
-                            device=jax.devices()[0].device_kind)), flush=True)
-  neuron_update._BLOCK_ELEMS, neuron_update._NUM_WARPS = defaults
-
+  try:
+    for collect in (False, True):
+      for variant in _VARIANTS.value:
+        elems, warps = (int(x) for x in variant.split(":"))
+        neuron_update._BLOCK_ELEMS, neuron_update._NUM_WARPS = elems, warps
+        make = functools.partial(tick_scan, collect=collect, drive=drive, gate=gate, vec=vec,
+                                 interpret=_INTERPRET.value)
+        t = _TICKS.value
+        short = time_us(make(t), *args, iters=10)
+        long = time_us(make(2 * t), *args, iters=10)
+        print(json.dumps(dict(batch=b, neurons=n, collect=collect, block_elems=elems,
+                              num_warps=warps, us_per_tick=(long - short) / t,
+                              device=jax.devices()[0].device_kind)), flush=True)
+  finally:
+    neuron_update._BLOCK_ELEMS, neuron_update._NUM_WARPS = defaults
 
 if __name__ == "__main__":
   app.run(main)

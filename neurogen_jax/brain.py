@@ -20,7 +20,7 @@ import numpy as np
 from neurogen_jax import ops, readout
 from neurogen_jax.config import BrainConfig
 from neurogen_jax.connectivity import Connectivity, build_connectivity, init_tiles
-from neurogen_jax.neurons import NeuronState, init_neuron_state, neuron_tick
+from neurogen_jax.neurons import NeuronState, init_neuron_state, neuron_tick, signed_spikes
 from neurogen_jax.phases import phase_of_tick, phase_table
 
 # How sharply the basal ganglia's Go-NoGo difference opens Broca's gate.
@@ -239,7 +239,8 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   area_sizes_A = jnp.asarray(config.area_sizes, jnp.float32)
   halves = _bg_halves(config)
   has_bg = halves is not None
-  bg_half = float(halves[0][1] - halves[0][0]) if has_bg else 1.0
+  half_sizes_2 = jnp.asarray([stop - start for start, stop in halves] if has_bg else [1, 1],
+                             jnp.float32)
   a_t = config.decay(config.tau_trace_ms)
 
   def tick(carry, p):
@@ -265,7 +266,7 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     # halves' mean traces follow tr <- a_t tr + s without reading tr.
     counts_BxK = jnp.dot(q_BxN, taps_NxK, preferred_element_type=jnp.float32)
     area_rate_A = jnp.mean(counts_BxK[:, :n_areas], axis=0) / area_sizes_A
-    go_nogo_Bx2 = a_t * go_nogo_Bx2 + counts_BxK[:, n_areas:] / bg_half
+    go_nogo_Bx2 = a_t * go_nogo_Bx2 + counts_BxK[:, n_areas:] / half_sizes_2
     raster = ns.s[0, ::raster_stride] if raster_stride else jnp.zeros((0,), ns.s.dtype)
     return (ns, q_BxN, go_nogo_Bx2, acc, jnp.where(bg_on > 0, gate_B, bg_gate_B)), (
         area_rate_A, raster)
@@ -279,7 +280,7 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   phase_T = phase_of_tick(config)
   # Unrolled (config.scan_unroll) at B = 1, where each loop iteration's fixed cost (the
   # loop predicate goes to the host) is a large part of a tick.
-  q0_BxN = (state.neurons.s * conn.sign_N).astype(signed_dtype)
+  q0_BxN = signed_spikes(state.neurons.s, conn.sign_N, signed_dtype)
   carry0 = (state.neurons, q0_BxN, bg_trace_means(config, state.neurons.tr), acc0,
             state.bg_gate_B)
   (ns, _, _, acc, bg_gate_B), (rates_TxA, raster_TxS) = jax.lax.scan(

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from neurogen_jax import ops
 from neurogen_jax.config import BrainConfig
 from neurogen_jax.pallas.neuron_update import (  # noqa: F401 (pseudo_derivative, spike re-exported)
-    accumulate, compose_current, pseudo_derivative, spike)
+    accumulate, compose_current, pseudo_derivative, signed_spikes, spike)
 
 
 class NeuronState(NamedTuple):
@@ -125,7 +125,7 @@ def neuron_tick(config: BrainConfig, st: NeuronState, prop_BxN: jax.Array, drive
     theta_N, mask_N, gain_N, read_N, learn_N, sign_N = vec_6xN
     cur_BxN = compose_current(prop_BxN, drive_BxN, gate_B[:, None], mask_N, gain_N)
     st, x_BxN = izhikevich_step(config, st, cur_BxN, theta_N)
-    q_BxN = (st.s * sign_N).astype(signed_dtype)
+    q_BxN = signed_spikes(st.s, sign_N, signed_dtype)
     sums = accumulate(st.tr, st.s, x_BxN, read_N, learn_N, read_BxN, post_BxN, spikes_BxN,
                       config.surrogate_width)
   else:

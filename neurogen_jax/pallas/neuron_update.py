@@ -197,13 +197,18 @@ def accumulate(tr, s, x, read, learn, read_acc, post_acc, spk_acc, width):
   return sums
 
 
+def signed_spikes(s, sign, dtype):
+  """q = s * sign in `dtype`: the spikes a tick propagates (exact: 0 or +-1)."""
+  return (s * sign).astype(dtype)
+
+
 def _tick_math(v, i, a, tr, prop, drive, gate, vec, read_acc, post_acc, spk_acc,
                c: AlifConstants, spike_fn, signed_dtype):
   """The tick's arithmetic on [B, N] (reference) or blocks (kernel); vec rows [1, N]."""
   theta, mask, gain, read, learn, sign = vec
   cur = compose_current(prop, drive, gate, mask, gain)
   v, i, a, tr, s, x = _alif_math(v, i, a, tr, cur, theta, c, spike_fn)
-  q = (s * sign).astype(signed_dtype)
+  q = signed_spikes(s, sign, signed_dtype)
   return (v, i, a, tr, s, q) + accumulate(tr, s, x, read, learn, read_acc, post_acc, spk_acc,
                                           c.width)
 
