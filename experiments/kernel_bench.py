@@ -30,7 +30,8 @@ _TILE = flags.DEFINE_integer("tile", 128, "T: neurons per block.")
 _BATCHES = flags.DEFINE_list("batches", ["1", "16", "64", "256"], "Batch sizes B.")
 _RATE = flags.DEFINE_float("rate", 0.02, "Spike probability per neuron and tick.")
 _ITERS = flags.DEFINE_integer("iters", 50, "Timed calls per measurement.")
-_KERNELS = flags.DEFINE_list("kernels", ["propagate", "events", "tile_outer", "tile_update", "alif"],
+_KERNELS = flags.DEFINE_list("kernels", ["propagate", "events", "tile_outer", "tile_update",
+                                         "synapse_update", "alif"],
                              "Which kernels to time.")
 _OUT = flags.DEFINE_string("out", "", "Also write the table (markdown) to this file.")
 _INTERPRET = flags.DEFINE_bool("interpret", False, "Run the Pallas kernels in interpret mode "
@@ -66,7 +67,8 @@ def rel_err(out, ref) -> float:
 def measure(rows, kernel, batch, impl, fn, args, ref, floor_us, iters, note="", chain=False):
   """Check fn(*args) against ref, then time it; failures become a row, not a crash."""
   try:
-    check_args = (jnp.copy(args[0]), *args[1:]) if chain else args  # chain donates args[0]
+    # chain donates args[0] (an array or a tuple of them)
+    check_args = (jax.tree.map(jnp.copy, args[0]), *args[1:]) if chain else args
     err = rel_err(fn(*check_args), ref) if ref is not None else None
     us = time_us(fn, *args, iters=iters, chain=chain)
   except Exception as e:  # pylint: disable=broad-except
@@ -74,6 +76,48 @@ def measure(rows, kernel, batch, impl, fn, args, ref, floor_us, iters, note="", 
     rows.append(Row(kernel, batch, impl, None, floor_us, None, f"FAILED: {type(e).__name__}"))
     return
   rows.append(Row(kernel, batch, impl, us, floor_us, err, note))
+
+
+def synapse_rows(rows, batch, col, w, gain, floor, iters, interp):
+  """The whole per-token synapse pass as training runs it: e-prop (B rows, per-tile scale),
+  the Hebbian family (2B rows: LTP with dopamine, LTD), replay (8 direct rows), tagging and capture, scaling, clip,
+  statistics, stochastic rounding; w, early and tag donated (updated in place)."""
+  r, k, t, _ = w.shape
+  n = r * t
+  rng = np.random.default_rng(batch)
+  factor = lambda rows_, scale=1.0: jnp.asarray(scale * rng.standard_normal((rows_, n)), jnp.bfloat16)
+  groups = ((factor(batch), factor(batch, 1e-3), -1e-3 * gain),
+            (factor(2 * batch), factor(2 * batch, 1e-4 / batch), None))
+  direct = ((factor(8), factor(8, 1e-3), -1e-3 * gain),)
+  early = jnp.asarray(1e-3 * rng.standard_normal(w.shape), jnp.bfloat16)
+  tag = jnp.asarray(rng.uniform(size=w.shape) < 0.1, jnp.bfloat16)
+  exc = jnp.asarray(rng.uniform(size=n) < 0.8, jnp.float32)
+  f = jnp.asarray(1.0 + 1e-3 * rng.standard_normal((2, n)), jnp.float32)
+  rules = plasticity.SynapseRules(w_max=1.0)
+  scalars = (jnp.float32(2e-3), jnp.float32(0.5), jnp.int32(7))
+  stats0 = tuple(jnp.zeros((r, k, 1, t), jnp.float32) for _ in plasticity.SynapseStats._fields)
+  factor_bytes = sum(2 * g[0].size * 2 for g in groups + direct)
+  fl = floor(w.size * 2 * 3 * 2 + factor_bytes)  # w, early, tag (bf16) read and written
+  flops = 2 * w.size * sum(g[0].shape[0] for g in groups + direct)
+  note = f"{flops / 1e9:.0f} GFLOP; w/early/tag donated; wall clock"
+
+  def call(update, **kw):
+    def fn(state, groups, direct):
+      w_, e_, g_, _ = state
+      new_w, new_e, new_g, sums = update(w_, e_, g_, col, exc, f, groups, direct, None, *scalars,
+                                         rules, **kw)
+      return new_w, new_e, new_g, tuple(jnp.sum(x, axis=2, keepdims=True) for x in sums)
+    return jax.jit(fn, donate_argnums=0)
+
+  state = lambda: (jnp.copy(w), jnp.copy(early), jnp.copy(tag), stats0)
+  ref_fn = call(plasticity.synapse_update_reference)
+  ref = ref_fn(state(), groups, direct)
+  measure(rows, "synapse_update", batch, "xla", ref_fn, (state(), groups, direct), ref, fl, iters,
+          chain=True, note=note)
+  for block_t, warps in ((t, 8), (64, 8), (64, 4), (32, 4), (32, 8)):
+    fn = call(plasticity.synapse_update, block_t=block_t, num_warps=warps, **interp)
+    measure(rows, "synapse_update", batch, f"pallas-triton-rows{block_t}-w{warps}", fn,
+            (state(), groups, direct), ref, fl, iters, chain=True, note=note)
 
 
 def main(argv):
@@ -175,6 +219,9 @@ def main(argv):
               floor(2 * w_bytes + traces // 2), iters, chain=True,
               note="bf16 traces; w donated; wall clock")
       del ref
+
+    if "synapse_update" in _KERNELS.value:
+      synapse_rows(rows, batch, col, w, gain, floor, iters, interp)
 
     if "alif" in _KERNELS.value:
       keys = jax.random.split(jax.random.fold_in(kq, 7 * batch), 6)

@@ -22,7 +22,8 @@ from neurogen_jax.pallas import plasticity as pallas_plasticity
 from neurogen_jax.pallas import propagate as pallas_propagate
 from neurogen_jax.pallas.events import build_fanout
 from neurogen_jax.pallas.neuron_update import alif_tick_reference, alif_update_reference
-from neurogen_jax.pallas.plasticity import tile_outer_reference, tile_update_reference
+from neurogen_jax.pallas.plasticity import (SynapseRules, SynapseStats, synapse_update_reference,
+                                            tile_outer_reference, tile_update_reference)
 from neurogen_jax.pallas.propagate import propagate_reference
 
 Implementation = Literal["xla", "pallas"]
@@ -30,7 +31,8 @@ Implementation = Literal["xla", "pallas"]
 __all__ = [
     "Implementation", "alif_tick", "alif_tick_reference", "alif_update", "alif_update_reference",
     "build_fanout", "propagate",
-    "propagate_events", "propagate_reference", "tile_outer", "tile_outer_reference",
+    "propagate_events", "propagate_reference", "SynapseRules", "SynapseStats", "synapse_update",
+    "synapse_update_reference", "tile_outer", "tile_outer_reference",
     "tile_update", "tile_update_reference",
 ]
 
@@ -104,6 +106,22 @@ def tile_update(w_RxKxTxT: jax.Array, pre_BxN: jax.Array, post_BxN: jax.Array, c
   if implementation == "pallas":
     return pallas_plasticity.tile_update(w_RxKxTxT, pre_BxN, post_BxN, col_RxK, scale, w_min, w_max)
   return tile_update_reference(w_RxKxTxT, pre_BxN, post_BxN, col_RxK, scale, w_min, w_max)
+
+
+def synapse_update(w_RxKxTxT: jax.Array, early_RxKxTxT: jax.Array, tag_RxKxTxT: jax.Array,
+                   col_RxK: jax.Array, exc_N: jax.Array, f_2xN: jax.Array | None, groups,
+                   direct_groups, dw_RxKxTxT: jax.Array | None, tag_thr: jax.Array,
+                   capture: jax.Array, seed: jax.Array, rules: SynapseRules,
+                   implementation: Implementation = "xla"):
+  """One token's learning on every synapse: the factorised dW GEMMs, tagging and capture,
+  scaling, the direct update, clip, statistics and bf16 rounding in one pass (see
+  `pallas.plasticity.synapse_update`) -> (w, early, tag, SynapseStats)."""
+  _check(implementation)
+  args = (w_RxKxTxT, early_RxKxTxT, tag_RxKxTxT, col_RxK, exc_N, f_2xN, groups, direct_groups,
+          dw_RxKxTxT, tag_thr, capture, seed, rules)
+  if implementation == "pallas":
+    return pallas_plasticity.synapse_update(*args)
+  return synapse_update_reference(*args)
 
 
 def alif_update(v_BxN: jax.Array, i_BxN: jax.Array, a_BxN: jax.Array, tr_BxN: jax.Array,

@@ -1,8 +1,11 @@
 """The brain's local learning rules, applied once per token on the existing tiles.
 
-Every weight update is factorised: dW[r,k] = sum_b pre_b[col[r,k]]^T post_b[r] / B, one
-GEMM on the tiles (`ops.tile_outer`), never a dense N x N matrix. Factors come from the
-token's `StepAux` (pre-synaptic traces, spike counts, surrogate pseudo-derivatives).
+Every weight update is factorised: dW[r,k] = sum_b pre_b[col[r,k]]^T post_b[r] / B, a
+GEMM on the tiles, never a dense N x N matrix. Factors come from the token's `StepAux`
+(pre-synaptic traces, spike counts, surrogate pseudo-derivatives). `apply` forms the
+factors and scalars; the per-synapse part of every rule (the GEMMs, tagging and capture,
+scaling, replay's update, the clip, the statistics, the stochastic rounding to bf16) is
+one pass over the tiles, `ops.synapse_update` (a Pallas kernel or its XLA reference).
 
 Mechanisms (each switched by a `PlasticityConfig` flag, each reported in the stats):
 1. STDP: LTP = pre trace x post spikes, LTD = pre spikes x post trace (ratio `stdp_ltd`).
@@ -44,6 +47,7 @@ import numpy as np
 from neurogen_jax import ops, readout
 from neurogen_jax.config import BrainConfig
 from neurogen_jax.connectivity import pathway_gains
+from neurogen_jax.pallas import plasticity as pallas_plasticity
 
 STAT_KEYS = ("dopamine", "reward_mean", "protein", "tag_fraction", "captured", "update_norm",
              "theta_mean", "tile_mean", "replayed")
@@ -201,17 +205,9 @@ def init_plastic_state(config: BrainConfig, pcfg: PlasticityConfig) -> PlasticSt
   )
 
 
-def _excitatory_pre(config: BrainConfig, conn) -> jax.Array:
-  """[R, K, T, 1] True where the tile row's pre-synaptic neuron is excitatory."""
-  return (conn.sign_N.reshape(-1, config.tile)[conn.col_RxK] > 0)[..., None]
-
-
-def stochastic_round_bf16(x: jax.Array, key: jax.Array) -> jax.Array:
-  """f32 -> bf16 rounding up or down with probability given by the distance (unbiased)."""
-  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
-  noise = jax.random.bits(key, x.shape, jnp.uint32) & jnp.uint32(0xFFFF)
-  rounded = (bits + noise) & jnp.uint32(0xFFFF0000)
-  return jax.lax.bitcast_convert_type(rounded, jnp.float32).astype(jnp.bfloat16)
+def _round_seed(pcfg: PlasticityConfig, count: jax.Array) -> jax.Array:
+  """The int32 seed of one token's stochastic rounding of the weights."""
+  return pallas_plasticity.hash32(count.astype(jnp.int32) + jnp.int32(pcfg.feedback_seed + 2))
 
 
 def empty_stats(length: int) -> dict:
@@ -308,14 +304,22 @@ def learning_signal(config: BrainConfig, pcfg: PlasticityConfig, params, feedbac
   return jax.lax.stop_gradient(learn_BxN)
 
 
-def _eprop_tiles(config, params, learn_BxN, pre_BxN, post_BxN, lr, factor_dtype):
-  """-lr * sum_b (sign*pre)^T (L * psi) * gain / B for learning signals L [B, N]
-  (the two factors in `factor_dtype`, the sum in float32)."""
+def _eprop_group(config, params, learn_BxN, pre_BxN, post_BxN, lr, factor_dtype):
+  """The e-prop update as a factor group (pre, post, scale_RxK) of `ops.synapse_update`:
+  dW = -lr * sum_b (sign*pre)^T (L * psi) * gain / B for learning signals L [B, N] (the two
+  factors in `factor_dtype`, the sum in float32; gain and -lr / B in the per-tile scale)."""
   pre_signed = (pre_BxN * params.conn.sign_N).astype(factor_dtype)
-  d_W = ops.tile_outer(pre_signed, (learn_BxN * post_BxN).astype(factor_dtype),
-                       params.conn.col_RxK, config.tile, config.implementation)
-  gain = tile_gain_sign(config, params.conn.pathway_RxK)[:, :, None, None]
-  return -(lr / pre_BxN.shape[0]) * d_W * gain
+  scale_RxK = -(lr / pre_BxN.shape[0]) * tile_gain_sign(config, params.conn.pathway_RxK)
+  return pre_signed, (learn_BxN * post_BxN).astype(factor_dtype), scale_RxK
+
+
+def _group_outer(config, params, groups) -> jax.Array:
+  """sum_g scale_g[r, k] * tile_outer(pre_g, post_g) -> [R, K, T, T] float32 (None: 1)."""
+  total = jnp.zeros(params.tiles.shape, jnp.float32)
+  for pre, post, scale in groups:
+    outer = ops.tile_outer(pre, post, params.conn.col_RxK, config.tile, config.implementation)
+    total = total + (outer if scale is None else scale[:, :, None, None] * outer)
+  return total
 
 
 def _across(x: jax.Array, axis_name: str | None) -> jax.Array:
@@ -345,6 +349,10 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
   e-prop gradient estimate for w_in and the embedding rows (None when e-prop is off),
   for the caller's optimizer; the tiles, thresholds and the rest are updated here.
 
+  The rules' per-synapse part (the factorised GEMMs, tagging and capture, scaling, replay's
+  update, the clip, the statistics and the rounding) is one `ops.synapse_update` pass over
+  the tiles; this function forms its factors and scalars.
+
   axis_name: when the streams are split over devices by `jax.pmap`/`shard_map`, the
   mapped axis; every mean over streams (and the tile update) is then taken over all of
   them. None when B is the whole batch (also under jit with sharded inputs).
@@ -354,9 +362,8 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
   streams = bsz if axis_name is None else bsz * jax.lax.axis_size(axis_name)
   ticks = config.ticks_per_token
   stats = {k: jnp.zeros((), jnp.float32) for k in STAT_KEYS}
-  tiles = params.tiles.astype(jnp.float32)
-  exc = _excitatory_pre(config, params.conn)  # [R, K, T, 1], used by scaling and its statistics
-  d_W = jnp.zeros_like(tiles)
+  # (pre_BxN, post_BxN, scale_RxK or None): dW = sum_g scale_g * tile_outer(pre_g, post_g)
+  groups = []
 
   # 2. Dopamine: reward prediction error of each stream.
   reward_B = -ce_B
@@ -373,8 +380,8 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
   if pcfg.eprop:
     learn_BxN = learning_signal(config, pcfg, params, pstate.feedback_DxN, aux.features_BxNr,
                                 logits_BxV, targets_B, aux.post_BxN)
-    d_W = d_W + _eprop_tiles(config, params, learn_BxN, aux.pre_BxN, aux.post_BxN,
-                             pcfg.eprop_lr * unit, pcfg.factor_dtype)
+    groups.append(_eprop_group(config, params, learn_BxN, aux.pre_BxN, aux.post_BxN,
+                               pcfg.eprop_lr * unit, pcfg.factor_dtype))
     # Input projection and the input side of the embedding: the same signal, as a gradient
     # estimate for the optimizer (eligibility = token drive x pseudo-derivative).
     g_BxNin = (learn_BxN * aux.post_BxN)[:, :config.input_size]
@@ -384,50 +391,48 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
                              tokens_B=tokens_B)
 
   # 1 + 2. Hebbian family in one factorised GEMM: STDP (LTP - LTD) and dopamine-gated LTP.
+  # LTP and the dopamine term share the pre factor (the pre trace; dopamine is one scalar
+  # per stream), so they are one part: pre x (LTP post + dopamine x eligibility post).
   rate_BxN = aux.spikes_BxN / ticks
   pre_parts, post_parts = [], []
-  if pcfg.stdp:
-    pre_parts += [aux.pre_BxN, rate_BxN]
-    post_parts += [pcfg.stdp_lr * unit * rate_BxN, -pcfg.stdp_lr * pcfg.stdp_ltd * unit * aux.pre_BxN]
-  if pcfg.dopamine:
-    # Eligibility = pre trace x post rate relative to its running mean (zero-mean, so a
-    # reward that keeps rising while the readout learns does not grow all weights).
-    pre_parts.append(aux.pre_BxN * dopamine_B[:, None])
-    post_parts.append(pcfg.dopamine_lr * unit * (rate_BxN - bstate.rate_N))
+  if pcfg.stdp or pcfg.dopamine:
+    ltp_BxN = pcfg.stdp_lr * unit * rate_BxN if pcfg.stdp else 0.0
+    if pcfg.dopamine:
+      # Eligibility = pre trace x post rate relative to its running mean (zero-mean, so a
+      # reward that keeps rising while the readout learns does not grow all weights).
+      ltp_BxN = ltp_BxN + (pcfg.dopamine_lr * unit) * dopamine_B[:, None] * (rate_BxN - bstate.rate_N)
+    pre_parts.append(aux.pre_BxN)
+    post_parts.append(ltp_BxN)
+  if pcfg.stdp:  # LTD: pre spikes x post trace
+    pre_parts.append(rate_BxN)
+    post_parts.append(-pcfg.stdp_lr * pcfg.stdp_ltd * unit * aux.pre_BxN)
   if pre_parts:
     # Parts side by side per stream ([B, parts, N] -> [B*parts, N]): each stream's rows stay
     # on its device when the streams are sharded (concatenating along B would move them).
     stack = lambda parts: jnp.stack(parts, axis=1).reshape(-1, parts[0].shape[-1]).astype(
         pcfg.factor_dtype)
-    d_W = d_W + ops.tile_outer(stack(pre_parts), stack(post_parts),
-                               params.conn.col_RxK, config.tile, config.implementation) / bsz
-  d_W = _across(d_W, axis_name)  # one reduction per token for all rules
+    groups.append((stack(pre_parts), stack([p / bsz for p in post_parts]), None))
+  d_W = None
+  if axis_name is not None and groups:
+    # Split streams: the token's dW must be the mean over all of them before the
+    # elementwise rules (tags, capture), so it is formed and reduced here, once per token.
+    d_W, groups = _across(_group_outer(config, params, groups), axis_name), []
 
-  # 3. Tagging and capture (the token's update lands in the decaying early component).
-  early, tag, protein = pstate.early_W, pstate.tag_W, pstate.protein
+  # 3. Tagging and capture: the protein signal and the tag threshold (the rules run in
+  # `ops.synapse_update`: the token's update lands in the decaying early component).
+  protein = pstate.protein
+  capture = jnp.zeros((), jnp.float32)
   if pcfg.tagging:
-    early_f = early.astype(jnp.float32)
-    new_early = pcfg.early_decay * early_f + d_W
-    tiles = tiles - early_f + new_early
-    mag = jnp.abs(d_W)
-    strong = mag > pcfg.tag_threshold * pstate.update_scale
-    tag_f = jnp.maximum(tag.astype(jnp.float32) * pcfg.tag_decay, strong.astype(jnp.float32))
     protein = pcfg.protein_decay * protein + (1 - pcfg.protein_decay) * jnp.maximum(stats["dopamine"], 0.0)
-    captured = jnp.where(protein > pcfg.capture_threshold, pcfg.capture_rate, 0.0) * tag_f * new_early
-    new_early = new_early - captured  # moved into the late part: total weight unchanged
-    stats["tag_fraction"] = jnp.mean(tag_f > 0.5)
-    stats["captured"] = jnp.sum(jnp.abs(captured)) / captured.size / unit
-    early, tag = new_early.astype(early.dtype), tag_f.astype(tag.dtype)
-  else:
-    tiles = tiles + d_W
+    capture = jnp.where(protein > pcfg.capture_threshold, pcfg.capture_rate, 0.0)
   stats["protein"] = protein
-
 
   # 4. Homeostasis: thresholds toward the target rate, slow synaptic scaling.
   theta_N, rate_N = bstate.theta_N, bstate.rate_N
   if aux.spikes_BxN.size:  # factors were collected
     rate_tok_N = _stream_mean(rate_BxN, axis_name)
     rate_N = rate_N * pcfg.rate_decay + (1 - pcfg.rate_decay) * rate_tok_N
+  f_2xN = None
   if pcfg.homeostasis:
     target = config.target_rate
     theta_N = jnp.clip(theta_N + pcfg.homeostasis_lr * (rate_tok_N - target) / target, -0.9, 10.0)
@@ -436,17 +441,15 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
     # and nudged by its rate error.
     # Excitatory and inhibitory inputs are normalised apart, so that learning cannot trade
     # one for the other and silence (or unleash) a neuron.
-    r, t = config.num_blocks, config.tile
     targets_2 = jnp.asarray([unit, unit * config.inhibitory_scale], jnp.float32)[:, None]
     norm_2xN = (targets_2 / jnp.maximum(pstate.in_mean_2xN, 1e-12)) ** pcfg.normalization_rate
     rate_N_scale = 1.0 + pcfg.scaling_lr * jnp.clip((target - rate_N) / target, -1.0, 1.0)
     f_2xN = norm_2xN * rate_N_scale
-    tiles = tiles * jnp.where(exc, f_2xN[0].reshape(r, 1, 1, t), f_2xN[1].reshape(r, 1, 1, t))
   bstate = bstate._replace(theta_N=theta_N, rate_N=rate_N)
   stats["theta_mean"] = jnp.mean(theta_N)
 
   # 5. Replay: store one stream's episode; every `replay_every` tokens re-present a few.
-  p_fields = {}
+  p_fields, direct = {}, []
   if pcfg.replay:
     m = pcfg.replay_size
     b = pstate.count % streams
@@ -462,9 +465,10 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
     do_replay = (pstate.count + 1) % pcfg.replay_every == 0
     key = jax.random.fold_in(jax.random.PRNGKey(pcfg.feedback_seed + 1), pstate.count)
     idx = jax.random.randint(key, (pcfg.replay_batch,), 0, jnp.maximum(p_fields["replay_filled"], 1))
+    n = config.num_neurons
 
     def replay(operand):
-      tiles, w_out, b_out = operand
+      w_out, b_out = operand
       feat = p_fields["replay_feat_MxNr"][idx].astype(jnp.float32)
       tgt = p_fields["replay_target_M"][idx]
 
@@ -476,32 +480,46 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
       post = p_fields["replay_post_MxN"][idx].astype(jnp.float32)
       learn = learning_signal(config, pcfg, params._replace(w_out=w_out, b_out=b_out),
                               pstate.feedback_DxN, feat, lg, tgt, post)
-      d_r = _eprop_tiles(config, params, learn, p_fields["replay_pre_MxN"][idx].astype(jnp.float32),
-                         post, pcfg.eprop_lr * unit, pcfg.factor_dtype)
-      return tiles + d_r, w_out - pcfg.replay_lr * g_w, b_out - pcfg.replay_lr * g_b
+      pre_r, post_r, _ = _eprop_group(config, params, learn,
+                                      p_fields["replay_pre_MxN"][idx].astype(jnp.float32), post,
+                                      pcfg.eprop_lr * unit, pcfg.factor_dtype)
+      return w_out - pcfg.replay_lr * g_w, b_out - pcfg.replay_lr * g_b, pre_r, post_r
 
-    tiles, w_out, b_out = jax.lax.cond(do_replay, replay, lambda o: o, (tiles, params.w_out, params.b_out))
+    def skip(operand):
+      zeros = jnp.zeros((pcfg.replay_batch, n), pcfg.factor_dtype)
+      return (*operand, zeros, zeros)
+
+    w_out, b_out, pre_r, post_r = jax.lax.cond(do_replay, replay, skip, (params.w_out, params.b_out))
     params = params._replace(w_out=w_out, b_out=b_out)
+    scale_r = -(pcfg.eprop_lr * unit / pcfg.replay_batch) * tile_gain_sign(config, params.conn.pathway_RxK)
+    direct.append((pre_r, post_r, scale_r * do_replay))
     stats["replayed"] = do_replay.astype(jnp.float32)
 
-  w_max = pcfg.max_weight_factor * unit
-  tiles = jnp.clip(tiles, 0.0, w_max)
-  n_exc_R = jnp.sum(exc, axis=(1, 2, 3))
+  # The per-synapse pass: dW, tagging and capture, scaling, replay, clip, rounding.
+  rules = ops.SynapseRules(tagging=pcfg.tagging, scaling=pcfg.homeostasis,
+                           stochastic_round=params.tiles.dtype == jnp.bfloat16,
+                           early_decay=pcfg.early_decay, tag_decay=pcfg.tag_decay,
+                           w_max=pcfg.max_weight_factor * unit)
+  exc_N = (params.conn.sign_N > 0).astype(jnp.float32)
+  tiles, early, tag, sums = ops.synapse_update(
+      params.tiles, pstate.early_W, pstate.tag_W, params.conn.col_RxK, exc_N, f_2xN,
+      tuple(groups), tuple(direct), d_W, pcfg.tag_threshold * pstate.update_scale, capture,
+      _round_seed(pcfg, pstate.count), rules, config.implementation)
+
+  size = params.tiles.size
+  if pcfg.tagging:
+    stats["tag_fraction"] = jnp.sum(sums.tags) / size
+    stats["captured"] = jnp.sum(sums.captured) / size / unit
+  n_exc_R = jnp.sum(exc_N.reshape(-1, config.tile)[params.conn.col_RxK], axis=(1, 2))
   n_all = config.fan_in_tiles * config.tile
-  sum_e = jnp.sum(jnp.where(exc, tiles, 0.0), axis=(1, 2))
-  sum_i = jnp.sum(tiles, axis=(1, 2)) - sum_e
+  sum_e, sum_i = jnp.sum(sums.exc, axis=(1, 2)), jnp.sum(sums.inh, axis=(1, 2))  # [R, T]
   in_mean_2xN = jnp.stack([(sum_e / jnp.maximum(n_exc_R, 1)[:, None]).reshape(-1),
                            (sum_i / jnp.maximum(n_all - n_exc_R, 1)[:, None]).reshape(-1)])
-  stats["tile_mean"] = jnp.mean(tiles) / unit
-  mean_update = jnp.mean(jnp.abs(d_W))
+  stats["tile_mean"] = (jnp.sum(sum_e) + jnp.sum(sum_i)) / size / unit
+  mean_update = jnp.sum(sums.abs_dw) / size
   update_scale = jnp.where(pstate.count == 0, mean_update, 0.9 * pstate.update_scale + 0.1 * mean_update)
   stats["update_norm"] = mean_update / unit
-  if params.tiles.dtype == jnp.bfloat16:
-    # Stochastic rounding: a per-token change far below bf16's resolution still moves
-    # the weight in expectation (round-to-nearest would swallow it).
-    key = jax.random.fold_in(jax.random.PRNGKey(pcfg.feedback_seed + 2), pstate.count)
-    tiles = stochastic_round_bf16(tiles, key)
-  params = params._replace(tiles=tiles.astype(params.tiles.dtype))
+  params = params._replace(tiles=tiles)
   pstate = pstate._replace(reward_mean=reward_mean, protein=protein, early_W=early, tag_W=tag,
                            update_scale=update_scale, in_mean_2xN=in_mean_2xN,
                            count=pstate.count + 1, **p_fields)

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from neurogen_jax import ops
-from neurogen_jax.config import BrainConfig
+from neurogen_jax import brain, ops
+from neurogen_jax import plasticity as rules_module
+from neurogen_jax.config import BrainConfig, tiny_config
 from neurogen_jax.neurons import NeuronState, alif_step
 from neurogen_jax.pallas import events, neuron_update, plasticity, propagate
 
@@ -177,6 +178,145 @@ def test_tile_update_scalar_scale(interpret):
   out = plasticity.tile_update(w, pre, post, col, 0.05, 0.0, 1.0, interpret=interpret)
   assert_close(out, plasticity.tile_update_reference(w, pre, post, col, 0.05, 0.0, 1.0),
                "bfloat16", 1)
+
+
+# ---------------------------------------------------------------- the per-token synapse pass
+
+
+def synapse_inputs(seed: int, t: int, k: int, b: int, w_dtype=jnp.bfloat16):
+  """Tiles, early/tag components, excitatory mask, scaling factors and two factor groups
+  (numpy draws: no per-shape compilation of random ops)."""
+  rng = np.random.default_rng(seed)
+  n = NUM_BLOCKS * t
+  col = rng.integers(0, NUM_BLOCKS, (NUM_BLOCKS, k))
+  if k > 1:
+    col[0, 1] = col[0, 0]  # a repeated column
+  shape = (NUM_BLOCKS, k, t, t)
+  w = jnp.asarray(rng.uniform(0.05, 1.0, shape), w_dtype)
+  early = jnp.asarray(0.05 * rng.standard_normal(shape), jnp.bfloat16)
+  tag = jnp.asarray(rng.uniform(size=shape) < 0.3, jnp.bfloat16)
+  exc = jnp.asarray(rng.uniform(size=n) < 0.8, jnp.float32)
+  f = jnp.asarray(1.0 + 0.05 * rng.standard_normal((2, n)), jnp.float32)
+  factor = lambda rows: jnp.asarray(rng.standard_normal((rows, n)), jnp.bfloat16)
+  eprop = (factor(b), factor(b), jnp.asarray(rng.uniform(-0.1, 0.1, (NUM_BLOCKS, k)), jnp.float32))
+  hebb = (factor(3 * b), jnp.asarray(0.02 * rng.standard_normal((3 * b, n)), jnp.bfloat16),
+          None)  # unscaled: the factors carry the rate
+  direct = (factor(8), factor(8), jnp.full((NUM_BLOCKS, k), 0.01))
+  return jnp.asarray(col, jnp.int32), w, early, tag, exc, f, (eprop, hebb), (direct,)
+
+
+# name: (SynapseRules, with direct groups, dW given instead of groups, block_t divisor,
+#        Hebbian group scaled per tile too: two scaled groups)
+SYNAPSE_VARIANTS = {
+    "all": (plasticity.SynapseRules(w_max=0.9), True, False, 1, False),
+    "half_rows_two_scaled": (plasticity.SynapseRules(w_max=0.9), True, False, 2, True),
+    "no_tagging_no_scaling": (plasticity.SynapseRules(tagging=False, scaling=False, w_max=0.9),
+                              False, False, 1, False),
+    "dw_given_f32": (plasticity.SynapseRules(stochastic_round=False, w_max=0.9), True, True, 1,
+                     False),
+}
+
+
+# Every variant once and every shape at least once (interpret mode runs each program apart).
+SYNAPSE_CASES = [("all", 16, 8, 16), ("all", 128, 1, 1), ("half_rows_two_scaled", 32, 4, 3),
+                 ("no_tagging_no_scaling", 32, 4, 3), ("dw_given_f32", 16, 4, 16)]
+
+
+@pytest.mark.parametrize("variant,t,k,b", SYNAPSE_CASES,
+                         ids=[f"{v}-T{t}-K{k}-B{b}" for v, t, k, b in SYNAPSE_CASES])
+def test_synapse_update_matches_reference(interpret, variant, t, k, b):
+  rules, with_direct, dw_given, rows_div, hebb_scaled = SYNAPSE_VARIANTS[variant]
+  w_dtype = jnp.bfloat16 if rules.stochastic_round else jnp.float32
+  col, w, early, tag, exc, f, groups, direct = synapse_inputs(40 + t + k, t, k, b, w_dtype)
+  if hebb_scaled:
+    groups = (groups[0], (*groups[1][:2], jnp.linspace(0.5, 2.0, NUM_BLOCKS * k).reshape(-1, k)))
+  if not rules.tagging:
+    early = tag = jnp.zeros((0, 0, 0, 0), jnp.bfloat16)
+  dw = None
+  if dw_given:
+    dw = jnp.asarray(0.05 * np.random.default_rng(41).standard_normal(w.shape), jnp.float32)
+    groups = groups[:1]
+  args = (w, early, tag, col, exc, f, groups, direct if with_direct else (), dw, 0.3, 0.5,
+          jnp.int32(123), rules)
+  block_t = t // rows_div
+  ref = plasticity.synapse_update_reference(*args, block_t=block_t)
+  out = plasticity.synapse_update(*args, block_t=block_t, interpret=interpret)
+  precision = "float32" if interpret else "tf32"
+  # The new weights: in [0, w_max], moved, and equal to the reference's up to the GEMMs'
+  # summation order (1 bf16 ulp where the rounding lands on the other side).
+  assert out[0].dtype == w.dtype and out[0].shape == w.shape
+  assert_close(out[0], ref[0], "bfloat16", 1)
+  # (stochastic rounding may land one bf16 step above w_max)
+  assert float(jnp.min(out[0])) >= 0.0 and float(jnp.max(out[0])) <= 0.9 * (1 + 2.0**-7)
+  assert bool(jnp.all(jnp.any(out[0] != w, axis=(2, 3)))), "some tile was not updated"
+  if rules.tagging:
+    assert_close(out[1], ref[1], "bfloat16", 1)
+    # Tags: 1 where |dW| crossed the threshold, else the old tag decayed; only a |dW| within
+    # rounding of the threshold may differ.
+    agree = float(jnp.mean((out[2] == ref[2]).astype(jnp.float32)))
+    assert agree >= 0.999, f"tags agree on {agree:.4f} of synapses"
+    assert set(np.unique(np.asarray(out[2], np.float32))) <= {0.0, 0.80078125, 1.0}
+    assert float(jnp.mean(out[2] > 0.9)) > 0.005  # strong updates set new tags
+  for name, got, want in zip(plasticity.SynapseStats._fields, out[3], ref[3]):
+    assert got.shape == (NUM_BLOCKS, k, t // (block_t or t), t), name
+    assert_close(got, want, precision, t * b, factor=16.0)
+  if not rules.tagging:
+    assert float(jnp.max(jnp.abs(out[3].tags))) == 0.0
+
+
+def test_synapse_update_rules_by_hand():
+  """The reference against each rule written out on one synapse block (T = 16, K = 1)."""
+  col, w, early, tag, exc, f, groups, direct = synapse_inputs(42, 16, 1, 4)
+  rules = plasticity.SynapseRules(stochastic_round=False, early_decay=0.9, tag_decay=0.5, w_max=0.9)
+  w = w.astype(jnp.float32)
+  new_w, new_early, new_tag, sums = plasticity.synapse_update_reference(
+      w, early, tag, col, exc, f, groups, direct, None, 0.3, 0.5, 0, rules)
+  outer = lambda g: np.asarray(plasticity.tile_outer_reference(g[0], g[1], col, 16)) * (
+      1.0 if g[2] is None else np.asarray(g[2])[:, :, None, None])
+  dw = outer(groups[0]) + outer(groups[1])
+  e0, t0 = np.asarray(early, np.float32), np.asarray(tag, np.float32)
+  e1 = 0.9 * e0 + dw
+  tag1 = np.maximum(0.5 * t0, (np.abs(dw) > 0.3).astype(np.float32))
+  e2 = e1 - 0.5 * tag1 * e1
+  exc_t = np.asarray(exc).reshape(-1, 16)[np.asarray(col)][..., None]
+  f = np.asarray(f)
+  scale = np.where(exc_t > 0, f[0].reshape(NUM_BLOCKS, 1, 1, 16), f[1].reshape(NUM_BLOCKS, 1, 1, 16))
+  want = np.clip((np.asarray(w) - e0 + e1) * scale + outer(direct[0]), 0.0, 0.9)
+  np.testing.assert_allclose(np.asarray(new_w), want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(new_early, np.float32), e2, rtol=1e-2, atol=1e-3)
+  np.testing.assert_array_equal(np.asarray(new_tag, np.float32), tag1)
+  np.testing.assert_allclose(np.asarray(sums.exc).sum(), np.sum(want * (exc_t > 0)), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(sums.abs_dw).sum(), np.abs(dw).sum(), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(sums.captured).sum(), np.abs(0.5 * tag1 * e1).sum(), rtol=1e-5)
+
+
+def test_hashed_stochastic_rounding_is_unbiased():
+  # 1 + 2^-10 lies 1/8 of the way from bf16 1.0 to the next bf16 value, 1 + 2^-7.
+  x = jnp.full((1 << 16,), 1.0 + 2.0**-10, jnp.float32)
+  index = jnp.arange(x.size, dtype=jnp.int32)
+  out = np.asarray(plasticity.round_bf16_hashed(x, index, jnp.int32(7)), np.float32)
+  assert set(np.unique(out)) == {1.0, 1.0 + 2.0**-7}
+  assert abs(float(np.mean(out == 1.0 + 2.0**-7)) - 0.125) < 0.005
+  other = np.asarray(plasticity.round_bf16_hashed(x, index, jnp.int32(8)), np.float32)
+  assert float(np.mean(out != other)) > 0.1  # another seed, other bits
+  exact = jnp.asarray([0.5, 1.0, 3.0], jnp.float32)  # bf16 values are kept as they are
+  np.testing.assert_array_equal(
+      plasticity.round_bf16_hashed(exact, jnp.arange(3, dtype=jnp.int32), jnp.int32(1)), exact)
+
+
+def test_synapse_update_rejects_bad_shapes():
+  col, w, early, tag, exc, f, groups, direct = synapse_inputs(43, 16, 2, 2)
+  rules = plasticity.SynapseRules()
+  with pytest.raises(ValueError, match="block_t"):
+    plasticity.synapse_update(w, early, tag, col, exc, f, groups, direct, None, 0.3, 0.5, 1, rules,
+                              block_t=12, interpret=True)
+  with pytest.raises(ValueError, match="exc_N"):
+    plasticity.synapse_update(w, early, tag, col, exc[:-1], f, groups, direct, None, 0.3, 0.5, 1,
+                              rules, interpret=True)
+  bad = ((groups[0][0][:, :-16], groups[0][1], groups[0][2]),)
+  with pytest.raises(ValueError, match="factors"):
+    plasticity.synapse_update(w, early, tag, col, exc, f, bad, direct, None, 0.3, 0.5, 1, rules,
+                              interpret=True)
 
 
 # ------------------------------------------------------------------------------- neurons
@@ -480,3 +620,33 @@ def test_ops_xla_matches_references():
   args = alif_inputs(36, 2, 64)
   for got, want in zip(ops.alif_update(*args, **ALIF), neuron_update.alif_update_reference(*args, **ALIF)):
     np.testing.assert_array_equal(got, want)
+
+
+def test_plasticity_apply_is_the_same_through_either_implementation(monkeypatch):
+  """One token of every rule (replay included) through `ops.synapse_update`: the Pallas
+  kernel (interpret mode off a GPU) and the XLA reference leave the same brain."""
+  if not _on_gpu():
+    monkeypatch.setattr(plasticity, "synapse_update",
+                        functools.partial(plasticity.synapse_update, interpret=True))
+  cfg = tiny_config(scale=1 / 128, fan_in_tiles=4)  # few tiles: interpret mode is slow
+  pcfg = rules_module.PlasticityConfig(replay_every=1, replay_size=4, replay_batch=2)
+  params, bstate = brain.init(cfg, jax.random.PRNGKey(3), batch=3)
+  pstate = rules_module.init_plastic_state(cfg, pcfg)
+  tok, tgt = jnp.array([5, 9, 77]), jnp.array([9, 77, 5])
+  bstate, logits, aux = brain.cognitive_step(params, bstate, tok, cfg, collect=True)
+  ce = -jax.nn.log_softmax(logits)[jnp.arange(3), tgt]
+  pstate = pstate._replace(count=jnp.int32(3), update_scale=jnp.float32(1e-4),
+                           protein=jnp.float32(1.0))  # tags and capture act
+  apply = jax.jit(rules_module.apply, static_argnums=(0, 1))
+  outs = [apply(cfg.replace(implementation=impl), pcfg, params, bstate, pstate, aux, logits, tgt,
+                ce, tok)
+          for impl in ("xla", "pallas")]
+  (p_x, _, s_x, st_x, _), (p_p, _, s_p, st_p, _) = outs
+  assert float(st_x["replayed"]) == 1.0 and float(st_x["tag_fraction"]) > 0
+  assert float(st_x["captured"]) > 0 and float(jnp.mean(p_x.tiles != params.tiles)) > 0.5
+  assert_close(p_p.tiles, p_x.tiles, "bfloat16", 1)
+  assert_close(s_p.early_W, s_x.early_W, "bfloat16", 1)
+  assert float(jnp.mean((s_p.tag_W == s_x.tag_W).astype(jnp.float32))) >= 0.999
+  assert_close(s_p.in_mean_2xN, s_x.in_mean_2xN, "float32", cfg.fan_in_tiles * cfg.tile, 16.0)
+  for key in ("tag_fraction", "captured", "tile_mean", "update_norm"):
+    np.testing.assert_allclose(float(st_p[key]), float(st_x[key]), rtol=1e-3, err_msg=key)

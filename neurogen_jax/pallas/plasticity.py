@@ -12,6 +12,7 @@ the batch in chunks, loading the pre block of `col[r,k]` by a dynamic slice.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -147,3 +148,316 @@ def tile_update(w_RxKxTxT: jax.Array, pre_BxN: jax.Array, post_BxN: jax.Array, c
   bounds_2 = jnp.stack([jnp.asarray(w_min, jnp.float32), jnp.asarray(w_max, jnp.float32)])
   return _call(pre_BxN, post_BxN, col_RxK, tile, (scale_RxK, bounds_2, w_RxKxTxT),
                w_RxKxTxT.dtype, block_b=block_b, interpret=interpret)
+
+
+# ------------------------------------------------------------------ the whole per-token update
+#
+# `synapse_update` applies one token's learning to every synapse in one pass over the tiles:
+# the factorised GEMMs (in registers), synaptic tagging and capture on the early component,
+# synaptic scaling, the direct (replay) update, the clip, the statistics the next token needs
+# and the stochastic rounding back to bf16. Per synapse it reads w, early and tag and writes
+# them back (12 bytes in bf16), instead of a float32 dW and its separate passes.
+
+
+# Pre-synaptic rows per program and warps of `synapse_update` (module knobs for sweeps).
+# Measured on an H200 (B = 256, docs/BENCHMARKS.md): 128 rows, 8 warps, 4 stages.
+SYNAPSE_BLOCK_T = 128
+SYNAPSE_NUM_WARPS = 8
+SYNAPSE_NUM_STAGES = 4
+
+
+class SynapseRules(NamedTuple):
+  """The static switches and rates of `synapse_update` (hashable: a jit static)."""
+
+  tagging: bool = True        # early/tag components exist: updates land in `early`
+  scaling: bool = True        # multiply by the per-post-neuron factors f_2xN
+  stochastic_round: bool = True  # w is bf16: round the new weights stochastically
+  early_decay: float = 0.995
+  tag_decay: float = 0.8
+  w_max: float = 1.0
+
+
+class SynapseStats(NamedTuple):
+  """Sums over each tile's pre-synaptic rows, [R, K, H, T] float32 (H = T / block_t row
+  chunks), one entry per post neuron of the tile: the new weights from excitatory and from
+  inhibitory pre neurons, |dW|, tags above 0.5, and |captured| weight."""
+
+  exc: jax.Array
+  inh: jax.Array
+  abs_dw: jax.Array
+  tags: jax.Array
+  captured: jax.Array
+
+
+_GOLDEN = -1640531527  # 0x9E3779B9 as int32
+
+
+def hash32(x: jax.Array) -> jax.Array:
+  """A 32-bit integer hash (Wellons' lowbias32) on int32, wrapping arithmetic: the random
+  bits of the stochastic rounding, the same in XLA and inside the kernel."""
+  srl = jax.lax.shift_right_logical
+  x = x ^ srl(x, jnp.int32(16))
+  x = x * jnp.int32(0x7FEB352D)
+  x = x ^ srl(x, jnp.int32(15))
+  x = x * jnp.int32(-2073254261)  # 0x846CA68B
+  return x ^ srl(x, jnp.int32(16))
+
+
+def round_bf16_hashed(x_f32: jax.Array, index: jax.Array, seed: jax.Array) -> jax.Array:
+  """f32 -> bf16, rounding up with probability equal to the distance (unbiased), the bits
+  from `hash32(index * golden + seed)`; `index` is each element's flat index (int32)."""
+  noise = hash32(index * jnp.int32(_GOLDEN) + seed) & jnp.int32(0xFFFF)
+  bits = jax.lax.bitcast_convert_type(x_f32, jnp.int32)
+  rounded = (bits + noise) & jnp.int32(-65536)  # 0xFFFF0000
+  return jax.lax.bitcast_convert_type(rounded, jnp.float32).astype(jnp.bfloat16)
+
+
+def _apply_rules(w, early, tag, dw, direct, exc_t, f_exc_u, f_inh_u, tag_thr, capture,
+                 rules: SynapseRules, clip: bool = True):
+  """The elementwise rules on one block of synapses (rows: pre neurons, columns: post).
+
+  Returns (new w as float32 before rounding, new early, new tag, captured weight); with
+  clip=False the direct update and the clip are left to the caller."""
+  tiles = w.astype(jnp.float32)
+  captured = None
+  if rules.tagging:
+    early_f = early.astype(jnp.float32)
+    new_early = rules.early_decay * early_f + dw
+    tiles = tiles - early_f + new_early
+    strong = (jnp.abs(dw) > tag_thr).astype(jnp.float32)
+    tag_f = jnp.maximum(tag.astype(jnp.float32) * rules.tag_decay, strong)
+    captured = capture * tag_f * new_early
+    early, tag = new_early - captured, tag_f  # captured weight moves to the late part
+  else:
+    tiles = tiles + dw
+  if rules.scaling:
+    tiles = tiles * jnp.where(exc_t > 0, f_exc_u, f_inh_u)
+  if direct is not None:
+    tiles = tiles + direct
+  if clip:
+    tiles = jnp.clip(tiles, 0.0, rules.w_max)
+  return tiles, early, tag, captured
+
+
+def _grouped_outer(groups, col_RxK, tile):
+  """sum_g scale_g[r, k] * tile_outer(pre_g, post_g) -> [R, K, T, T] float32 (None if no
+  group; a scale of None is 1)."""
+  total = None
+  for pre, post, scale_RxK in groups:
+    d = tile_outer_reference(pre, post, col_RxK, tile)
+    if scale_RxK is not None:
+      d = jnp.asarray(scale_RxK, jnp.float32)[:, :, None, None] * d
+    total = d if total is None else total + d
+  return total
+
+
+def synapse_update_reference(w_RxKxTxT, early_RxKxTxT, tag_RxKxTxT, col_RxK, exc_N, f_2xN,
+                             groups, direct_groups, dw_RxKxTxT, tag_thr, capture, seed,
+                             rules: SynapseRules, block_t: int | None = None):
+  """One token's update of every synapse, pure jnp (see `synapse_update`)."""
+  r, k, t, _ = w_RxKxTxT.shape
+  h = t // (block_t or t)
+  dw = _grouped_outer(groups, col_RxK, t)
+  if dw_RxKxTxT is not None:
+    dw = dw_RxKxTxT if dw is None else dw + dw_RxKxTxT
+  if dw is None:
+    dw = jnp.zeros(w_RxKxTxT.shape, jnp.float32)
+  direct = _grouped_outer(direct_groups, col_RxK, t)
+  exc_t = exc_N.reshape(-1, t)[col_RxK][..., None]  # [R, K, T, 1]: pre rows
+  f_exc_u = f_inh_u = None
+  if rules.scaling:
+    f_exc_u = f_2xN[0].reshape(r, 1, 1, t)
+    f_inh_u = f_2xN[1].reshape(r, 1, 1, t)
+  tiles, early, tag, captured = _apply_rules(w_RxKxTxT, early_RxKxTxT, tag_RxKxTxT, dw, direct,
+                                             exc_t, f_exc_u, f_inh_u, tag_thr, capture, rules)
+  chunked = lambda x: x.reshape(r, k, h, t // h, t).sum(axis=3)
+  zero = jnp.zeros((r, k, h, t), jnp.float32)
+  stats = SynapseStats(
+      exc=chunked(jnp.where(exc_t > 0, tiles, 0.0)), inh=chunked(jnp.where(exc_t > 0, 0.0, tiles)),
+      abs_dw=chunked(jnp.abs(dw)),
+      tags=chunked((tag > 0.5).astype(jnp.float32)) if rules.tagging else zero,
+      captured=chunked(jnp.abs(captured)) if rules.tagging else zero)
+  if rules.stochastic_round:
+    index = jnp.arange(tiles.size, dtype=jnp.int32).reshape(tiles.shape)
+    new_w = round_bf16_hashed(tiles, index, jnp.asarray(seed, jnp.int32))
+  else:
+    new_w = tiles.astype(w_RxKxTxT.dtype)
+  if rules.tagging:
+    early, tag = early.astype(early_RxKxTxT.dtype), tag.astype(tag_RxKxTxT.dtype)
+  return new_w, early, tag, stats
+
+
+def _synapse_kernel(*refs, rules: SynapseRules, groups: tuple, num_direct: int, has_dw: bool,
+                    block_t: int, k_slots: int):
+  """One (k, r, h) block: block_t pre rows x T post columns of tile (r, k).
+
+  refs: col, exc, [f_2xN], scalars (tag_thr, capture), seed, then per group (pre, post[,
+  scale]) for the dW groups and the direct groups, [dw], w, [early, tag]; outputs: w,
+  [early, tag], the five statistics. `groups` holds (block_b, num_chunks, scaled) per group.
+
+  Register budget: one float32 accumulator per phase. dW accumulates the scaled groups
+  (each times its per-tile scale, a second accumulator only while one is summed) and then
+  the unscaled ones on top; w, early and tag are loaded only after the GEMMs, and the
+  direct groups' accumulator lives only next to the new weights.
+  """
+  it = iter(refs)
+  col_ref, exc_ref = next(it), next(it)
+  f_ref = next(it) if rules.scaling else None
+  scal_ref, seed_ref = next(it), next(it)
+  group_refs = [(next(it), next(it), next(it) if scaled else None) for _, _, scaled in groups]
+  dw_ref = next(it) if has_dw else None
+  w_ref = next(it)
+  early_ref, tag_ref = (next(it), next(it)) if rules.tagging else (None, None)
+  w_out = next(it)
+  early_out, tag_out = (next(it), next(it)) if rules.tagging else (None, None)
+  stat_refs = [next(it) for _ in SynapseStats._fields]
+
+  k, r, h = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  tile = w_out.shape[-1]
+  pre_start = col_ref[r, k] * tile + h * block_t
+  pre_cols = pl.ds(pl.multiple_of(pre_start, block_t), block_t)
+  post_cols = pl.ds(pl.multiple_of(r * tile, tile), tile)
+
+  def accumulate(g, acc):
+    """acc + sum over the batch chunks of pre_chunk^T @ post_chunk for group g."""
+    (pre_ref, post_ref, _), (block_b, num_chunks, _) = group_refs[g], groups[g]
+
+    def body(i, acc):
+      rows = pl.ds(pl.multiple_of(i * block_b, block_b), block_b)
+      return acc + jax.lax.dot_general(pre_ref[rows, pre_cols], post_ref[rows, post_cols],
+                                       (((0,), (0,)), ((), ())),
+                                       preferred_element_type=jnp.float32)
+
+    return jax.lax.fori_loop(0, num_chunks, body, acc)
+
+  def sum_groups(gs, acc):
+    zeros = jnp.zeros((block_t, tile), jnp.float32)
+    for g in [g for g in gs if groups[g][2]]:  # scaled groups first
+      scale = group_refs[g][2][r, k]
+      acc = scale * accumulate(g, zeros) if acc is None else acc + scale * accumulate(g, zeros)
+    for g in [g for g in gs if not groups[g][2]]:
+      acc = accumulate(g, zeros if acc is None else acc)
+    return acc
+
+  num_dw = len(groups) - num_direct
+  dw = sum_groups(range(num_dw), dw_ref[...] if has_dw else None)
+  if dw is None:
+    dw = jnp.zeros((block_t, tile), jnp.float32)
+  w = w_ref[...]
+  early = early_ref[...] if rules.tagging else None
+  tag = tag_ref[...] if rules.tagging else None
+  exc_t = exc_ref[pre_cols][:, None]
+  f_exc_u = f_ref[0, post_cols][None, :] if rules.scaling else None
+  f_inh_u = f_ref[1, post_cols][None, :] if rules.scaling else None
+  # The rules before the direct update and the clip, so that dW is dead before the direct
+  # groups' accumulator is live.
+  tiles, early, tag, captured = _apply_rules(w, early, tag, dw, None, exc_t, f_exc_u, f_inh_u,
+                                             scal_ref[0], scal_ref[1], rules, clip=False)
+  stat_refs[2][...] = jnp.sum(jnp.abs(dw), axis=0)
+  if rules.tagging:
+    stat_refs[3][...] = jnp.sum((tag > 0.5).astype(jnp.float32), axis=0)
+    stat_refs[4][...] = jnp.sum(jnp.abs(captured), axis=0)
+    early_out[...] = early.astype(early_out.dtype)
+    tag_out[...] = tag.astype(tag_out.dtype)
+  else:
+    stat_refs[3][...] = jnp.zeros((tile,), jnp.float32)
+    stat_refs[4][...] = jnp.zeros((tile,), jnp.float32)
+  if num_direct:
+    tiles = sum_groups(range(num_dw, len(groups)), None) + tiles
+  tiles = jnp.clip(tiles, 0.0, rules.w_max)
+  is_exc = exc_t > 0
+  stat_refs[0][...] = jnp.sum(jnp.where(is_exc, tiles, 0.0), axis=0)
+  stat_refs[1][...] = jnp.sum(jnp.where(is_exc, 0.0, tiles), axis=0)
+  if rules.stochastic_round:
+    rows = jax.lax.broadcasted_iota(jnp.int32, (block_t, tile), 0) + h * block_t
+    cols = jax.lax.broadcasted_iota(jnp.int32, (block_t, tile), 1)
+    index = ((r * k_slots + k) * tile + rows) * tile + cols
+    w_out[...] = round_bf16_hashed(tiles, index, seed_ref[0])
+  else:
+    w_out[...] = tiles.astype(w_out.dtype)
+
+
+def synapse_update(w_RxKxTxT, early_RxKxTxT, tag_RxKxTxT, col_RxK, exc_N, f_2xN, groups,
+                   direct_groups, dw_RxKxTxT, tag_thr, capture, seed, rules: SynapseRules, *,
+                   block_t: int | None = None, num_warps: int | None = None,
+                   interpret: bool = False):
+  """One token's learning on every synapse in one pass (Pallas; `synapse_update_reference`
+  is the same in jnp).
+
+  dW = sum over `groups` (pre_BxN, post_BxN, scale_RxK) of scale[r, k] * tile_outer(pre,
+  post) (scale None: 1, the cheapest in the kernel, which keeps one accumulator for the
+  unscaled groups and the first scaled one) (+ `dw_RxKxTxT` when given: a dW already summed, e.g. across devices); with
+  `rules.tagging` it lands in the early component (early <- early_decay * early + dW; the
+  tag is set where |dW| > tag_thr and decays by tag_decay; a fraction `capture` of the
+  tagged early weight moves to the late part), else in w directly; `rules.scaling`
+  multiplies each synapse by f_2xN[0 or 1, post] (pre excitatory or not, exc_N > 0);
+  `direct_groups` (same form) are added to w after that, then w is clipped to [0, w_max]
+  and, with `rules.stochastic_round`, rounded to bf16 with `hash32` bits from `seed`.
+
+  Returns (w, early, tag, SynapseStats); w, early and tag alias their inputs' buffers.
+  tag_thr, capture: float32 scalars; seed: int32 scalar. early/tag may be empty arrays
+  when `rules.tagging` is off.
+  """
+  r, k_slots, tile, _ = w_RxKxTxT.shape
+  n = r * tile
+  block_t = block_t or min(tile, SYNAPSE_BLOCK_T)
+  num_warps = num_warps or SYNAPSE_NUM_WARPS
+  if tile % block_t or block_t < 16:
+    raise ValueError(f"synapse_update: block_t={block_t} must divide the tile {tile} and be >= 16")
+  h = tile // block_t
+  if exc_N.shape != (n,) or col_RxK.shape != (r, k_slots):
+    raise ValueError(f"synapse_update: exc_N {exc_N.shape} must be [{n}] and col_RxK "
+                     f"{col_RxK.shape} [{r}, {k_slots}] for tiles {w_RxKxTxT.shape}")
+  full = pl.BlockSpec()
+  block = pl.BlockSpec((None, None, block_t, tile), lambda k, j, i: (j, k, i, 0))
+  stat = pl.BlockSpec((None, None, None, tile), lambda k, j, i: (j, k, i, 0))
+  operands, in_specs, group_meta = [], [], []
+  for pre, post, scale in tuple(groups) + tuple(direct_groups):
+    b = pre.shape[0]
+    if pre.shape != (b, n) or post.shape != (b, n):
+      raise ValueError(f"synapse_update: factors {pre.shape}, {post.shape} must be [B, {n}]")
+    block_b = min(64, max(MIN_BLOCK_B, pl.next_power_of_2(b)))
+    b_pad = pl.cdiv(b, block_b) * block_b
+    dtype = jnp.promote_types(pre.dtype, post.dtype)
+    pre, post = pre.astype(dtype), post.astype(dtype)
+    if b_pad != b:  # zero rows add nothing
+      pre = jnp.pad(pre, ((0, b_pad - b), (0, 0)))
+      post = jnp.pad(post, ((0, b_pad - b), (0, 0)))
+    operands += [pre, post]
+    if scale is not None:
+      operands.append(jnp.broadcast_to(jnp.asarray(scale, jnp.float32), (r, k_slots)))
+    in_specs += [full] * (3 if scale is not None else 2)
+    group_meta.append((block_b, b_pad // block_b, scale is not None))
+  head = [col_RxK.astype(jnp.int32), exc_N.astype(jnp.float32)]
+  if rules.scaling:
+    head.append(f_2xN.astype(jnp.float32))
+  head += [jnp.stack([jnp.asarray(tag_thr, jnp.float32), jnp.asarray(capture, jnp.float32)]),
+           jnp.asarray(seed, jnp.int32).reshape(1)]
+  operands = head + operands
+  in_specs = [full] * len(head) + in_specs
+  if dw_RxKxTxT is not None:
+    operands.append(dw_RxKxTxT.astype(jnp.float32))
+    in_specs.append(block)
+  first_state = len(operands)
+  state = [w_RxKxTxT] + ([early_RxKxTxT, tag_RxKxTxT] if rules.tagging else [])
+  operands += state
+  in_specs += [block] * len(state)
+  out_shape = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in state]
+  out_shape += [jax.ShapeDtypeStruct((r, k_slots, h, tile), jnp.float32)] * len(SynapseStats._fields)
+  kernel = functools.partial(_synapse_kernel, rules=rules, groups=tuple(group_meta),
+                             num_direct=len(direct_groups), has_dw=dw_RxKxTxT is not None,
+                             block_t=block_t, k_slots=k_slots)
+  outs = pl.pallas_call(
+      kernel,
+      grid=(k_slots, r, h),
+      in_specs=in_specs,
+      out_specs=[block] * len(state) + [stat] * len(SynapseStats._fields),
+      out_shape=out_shape,
+      input_output_aliases={first_state + i: i for i in range(len(state))},
+      compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=SYNAPSE_NUM_STAGES),
+      interpret=interpret,
+      name="synapse_update",
+  )(*operands)
+  new_w = outs[0]
+  early, tag = (outs[1], outs[2]) if rules.tagging else (early_RxKxTxT, tag_RxKxTxT)
+  return new_w, early, tag, SynapseStats(*outs[len(state):])
