@@ -80,14 +80,15 @@ def measure(rows, kernel, batch, impl, fn, args, ref, floor_us, iters, note="", 
 
 def synapse_rows(rows, batch, col, w, gain, floor, iters, interp):
   """The whole per-token synapse pass as training runs it: e-prop (B rows, per-tile scale),
-  the Hebbian family (2B rows: LTP with dopamine, LTD), replay (8 direct rows), tagging and capture, scaling, clip,
+  the Hebbian family (LTP with dopamine, LTD: two unscaled groups of B rows), replay (8 direct rows), tagging and capture, scaling, clip,
   statistics, stochastic rounding; w, early and tag donated (updated in place)."""
   r, k, t, _ = w.shape
   n = r * t
   rng = np.random.default_rng(batch)
   factor = lambda rows_, scale=1.0: jnp.asarray(scale * rng.standard_normal((rows_, n)), jnp.bfloat16)
   groups = ((factor(batch), factor(batch, 1e-3), -1e-3 * gain),
-            (factor(2 * batch), factor(2 * batch, 1e-4 / batch), None))
+            (factor(batch), factor(batch, 1e-4 / batch), None),
+            (factor(batch), factor(batch, 1e-4 / batch), None))
   direct = ((factor(8), factor(8, 1e-3), -1e-3 * gain),)
   early = jnp.asarray(1e-3 * rng.standard_normal(w.shape), jnp.bfloat16)
   tag = jnp.asarray(rng.uniform(size=w.shape) < 0.1, jnp.bfloat16)

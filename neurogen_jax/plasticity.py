@@ -390,28 +390,22 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
     input_grads = InputGrads(w_in_DxNin=(x_BxD.T @ g_BxNin) / bsz, embed_rows_BxD=rows_BxD / bsz,
                              tokens_B=tokens_B)
 
-  # 1 + 2. Hebbian family in one factorised GEMM: STDP (LTP - LTD) and dopamine-gated LTP.
+  # 1 + 2. Hebbian family: STDP (LTP - LTD) and dopamine-gated LTP, two unscaled factor
+  # groups (the kernel sums them into one accumulator, no [B*parts, N] stack is formed).
   # LTP and the dopamine term share the pre factor (the pre trace; dopamine is one scalar
-  # per stream), so they are one part: pre x (LTP post + dopamine x eligibility post).
+  # per stream), so they are one group: pre x (LTP post + dopamine x eligibility post).
   rate_BxN = aux.spikes_BxN / ticks
-  pre_parts, post_parts = [], []
+  as_factor = lambda x: x.astype(pcfg.factor_dtype)
   if pcfg.stdp or pcfg.dopamine:
     ltp_BxN = pcfg.stdp_lr * unit * rate_BxN if pcfg.stdp else 0.0
     if pcfg.dopamine:
       # Eligibility = pre trace x post rate relative to its running mean (zero-mean, so a
       # reward that keeps rising while the readout learns does not grow all weights).
       ltp_BxN = ltp_BxN + (pcfg.dopamine_lr * unit) * dopamine_B[:, None] * (rate_BxN - bstate.rate_N)
-    pre_parts.append(aux.pre_BxN)
-    post_parts.append(ltp_BxN)
+    groups.append((as_factor(aux.pre_BxN), as_factor(ltp_BxN / bsz), None))
   if pcfg.stdp:  # LTD: pre spikes x post trace
-    pre_parts.append(rate_BxN)
-    post_parts.append(-pcfg.stdp_lr * pcfg.stdp_ltd * unit * aux.pre_BxN)
-  if pre_parts:
-    # Parts side by side per stream ([B, parts, N] -> [B*parts, N]): each stream's rows stay
-    # on its device when the streams are sharded (concatenating along B would move them).
-    stack = lambda parts: jnp.stack(parts, axis=1).reshape(-1, parts[0].shape[-1]).astype(
-        pcfg.factor_dtype)
-    groups.append((stack(pre_parts), stack([p / bsz for p in post_parts]), None))
+    groups.append((as_factor(rate_BxN),
+                   as_factor((-pcfg.stdp_lr * pcfg.stdp_ltd * unit / bsz) * aux.pre_BxN), None))
   d_W = None
   if axis_name is not None and groups:
     # Split streams: the token's dW must be the mean over all of them before the
