@@ -84,7 +84,10 @@ class StepAux(NamedTuple):
   raster_TxS: jax.Array | None
 
 
+@functools.partial(jax.jit, static_argnames=("config",))
 def init_params(config: BrainConfig, key: jax.Array) -> Params:
+  """Fresh parameters, deterministic in `key`. Jitted: one program per config (which the
+  persistent compilation cache keeps) instead of ~130 small op-by-op compilations."""
   k_conn, k_tiles, k_in, k_emb = jax.random.split(key, 4)
   conn = build_connectivity(config, k_conn)
   d, v = config.embedding_dim, config.vocab_size
