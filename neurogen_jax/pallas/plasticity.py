@@ -4,7 +4,11 @@ dW[r,k,t,u] = sum_b pre[b, col[r,k]*T+t] post[b, r*T+u]: one T x B by B x T GEMM
 never a dense N x N matrix. `tile_update` fuses the weight update into the same pass,
 w <- clip(w + scale * dW, w_min, w_max), so the float32 dW never goes to memory.
 
-The Pallas kernel runs one program per (tile slot k, post block r), k fastest so that
+`synapse_update` is what training runs: a token's whole per-synapse learning (several
+factor groups' GEMMs, tagging and capture, scaling, a direct update, clip, statistics,
+stochastic rounding to bf16) in one pass; see the section below.
+
+The Pallas kernels run one program per (tile slot k, post block r), k fastest so that
 the K programs of one r, which share the post block, run side by side; each loops over
 the batch in chunks, loading the pre block of `col[r,k]` by a dynamic slice.
 """
