@@ -258,8 +258,9 @@ def test_sigkill_at_random_points_loses_at_most_a_checkpoint_interval_and_resume
   data_dir.mkdir()
   for i, text in enumerate(CRASH_DOCS):
     (data_dir / f"{i}.txt").write_text(text)
+  # JAX_COMPILATION_CACHE_DIR: the run's shared cache (conftest), which the tests above
+  # filled with these programs (the same tiny config, batch and chunk).
   env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
-             JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla"),
              NEUROGEN_CACHE=str(tmp_path / "cache"))
   straight_dir, crashed_dir = tmp_path / "straight", tmp_path / "crashed"
   straight = TrainProcess(straight_dir, data_dir, env)
