@@ -35,6 +35,8 @@ OFF_FRACTION_TOL = 1e-3   # per leaf
 SPIKE_MISMATCH_TOL = 1e-3
 WORKER_TIMEOUT_S = 300    # the 8-device worker takes ~80 s on 2 idle cores, the pair ~40 s
 DISCRETE_LEAVES = (".plastic.tag_W", ".brain_state.neurons.s")  # 0/1-like: thresholds decide
+# Where the 8-device worker leaves its single-device run for the pair of processes.
+REFERENCE_ENV = "NEUROGEN_TEST_SHARDING_REFERENCE"
 # Leaves whose scale has a floor: the protein signal is the filtered positive part of the
 # streams' mean dopamine, ~1e-6 when that mean sits near zero (float noise in the losses is
 # then a few % of it), and it acts only through protein > capture_threshold (0.05).
@@ -44,8 +46,9 @@ SCALE_FLOOR = {".plastic.protein": 0.05}
 # ------------------------------------------------------------------------ the workers
 
 
-def _setup():
-  """The tiny brain, its optimizer, the initial state and the token chunks."""
+def _setup(with_state: bool = True):
+  """The tiny brain, its optimizer, the initial state (None without `with_state`) and the
+  token chunks."""
   import jax
   import numpy as np
 
@@ -58,7 +61,8 @@ def _setup():
   pcfg = plasticity.PlasticityConfig(replay_every=2)
   opt = learning.make_optimizer(1e-3)
   kw = dict(config=config, pcfg=pcfg, optimizer=opt)
-  ts0 = learning.init_train_state(config, pcfg, opt, jax.random.PRNGKey(0), BATCH)
+  ts0 = (learning.init_train_state(config, pcfg, opt, jax.random.PRNGKey(0), BATCH)
+         if with_state else None)
   tokens = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (BATCH, CHUNKS * CHUNK_LEN + 1), 0,
                                          config.vocab_size), np.int32)
   chunk = lambda c: (tokens[:, c * CHUNK_LEN:(c + 1) * CHUNK_LEN],
@@ -84,6 +88,31 @@ def _single_device_run(kw, ts0, chunk):
     states.append(_host(ts))
     losses.append(float(m.loss))
   return states, losses
+
+
+def _save_reference(path: str, ref, ref_losses) -> None:
+  import pickle
+
+  import jax
+  with open(path, "wb") as f:
+    pickle.dump({"states": [jax.tree.leaves(ts) for ts in ref], "losses": ref_losses}, f)
+
+
+def _load_reference(path: str, kw: dict):
+  """`_single_device_run`'s result as `_save_reference` wrote it (host arrays)."""
+  import functools
+  import pickle
+
+  import jax
+
+  from neurogen_jax import learning
+
+  with open(path, "rb") as f:
+    saved = pickle.load(f)
+  shapes = jax.eval_shape(functools.partial(learning.init_train_state, kw["config"], kw["pcfg"],
+                                            kw["optimizer"], batch=BATCH), jax.random.PRNGKey(0))
+  treedef = jax.tree.structure(shapes)
+  return [jax.tree.unflatten(treedef, leaves) for leaves in saved["states"]], saved["losses"]
 
 
 def _compare(ref, ref_losses, results) -> dict:
@@ -136,6 +165,8 @@ def _worker() -> dict:
     return result
 
   ref, ref_losses = timed("single_device", lambda: _single_device_run(kw, ts0, chunk))
+  if os.environ.get(REFERENCE_ENV):
+    _save_reference(os.environ[REFERENCE_ENV], ref, ref_losses)
   # Switched-off state is zero-size (here the unused random feedback); it must cross the
   # shard_map and pmap steps (XLA:CPU cannot compile them with zero-size operands).
   out["empty_leaves"] = [str(s) for _, s, _ in sharding._empty_leaves(ts0)]
@@ -202,8 +233,8 @@ def _worker() -> dict:
 
 def _multihost_worker() -> dict:
   """One of two processes of 4 devices (a data 4 x model 2 mesh across both): each feeds
-  only its own streams; both run the single-device reference on a local device, and
-  every chunk starts from its state."""
+  only its own streams; every chunk starts from the state of the single-device reference,
+  the one the 8-device worker ran (the same program on one device, read from its file)."""
   import jax
   from jax.experimental import multihost_utils
 
@@ -211,8 +242,9 @@ def _multihost_worker() -> dict:
 
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   assert sharding.initialize_distributed()
-  kw, ts0, chunk = _setup()
-  ref, ref_losses = _single_device_run(kw, ts0, chunk)
+  kw, _, chunk = _setup(with_state=False)
+  ref, ref_losses = _load_reference(os.environ[REFERENCE_ENV], kw)
+  ts0 = ref[0]
   mesh = sharding.make_mesh(4, 2)
   rows = sharding.process_stream_slice(mesh, BATCH)
   step = sharding.sharded_train_chunk(mesh, ts0, **kw)
@@ -245,23 +277,30 @@ def _result(proc: subprocess.Popen, name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def results() -> dict:
+def reference(tmp_path_factory) -> str:
+  """The file the 8-device worker writes its single-device run to."""
+  return str(tmp_path_factory.mktemp("sharding") / "single_device.pickle")
+
+
+@pytest.fixture(scope="module")
+def results(reference) -> dict:
   start = time.perf_counter()
   out = _result(_run_worker({"XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}",
-                             "JAX_PLATFORMS": "cpu"}), "8-device")
+                             "JAX_PLATFORMS": "cpu", REFERENCE_ENV: reference}), "8-device")
   out["worker_s"] = round(time.perf_counter() - start, 1)
   print(json.dumps(out, indent=1))
   return out
 
 
 @pytest.fixture(scope="module")
-def multihost() -> list[dict]:
+def multihost(results, reference) -> list[dict]:
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
   procs = [_run_worker({"XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES // 2}",
                         "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
-                        "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+                        "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i),
+                        REFERENCE_ENV: reference}) for i in range(2)]
   out = [_result(p, f"process {i}") for i, p in enumerate(procs)]
   print(json.dumps(out, indent=1))
   return out
