@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pty
+import shutil
 import signal
 import socket
 import struct
@@ -375,8 +376,8 @@ def test_config_names_resolve_to_files():
 
 
 @pytest.mark.slow
-def test_terminal_asks_before_loading(tmp_path, env, data_dir):
-  check(run_cli("experiments.train", train_args(data_dir, tmp_path, 2), env))
+def test_terminal_asks_before_loading(tmp_path, straight, env, data_dir):
+  shutil.copytree(straight, tmp_path, dirs_exist_ok=True)  # a run with checkpoints to ask about
   controller, terminal = pty.openpty()
   try:
     os.write(controller, b"n\n")
@@ -389,7 +390,7 @@ def test_terminal_asks_before_loading(tmp_path, env, data_dir):
   assert "Starting afresh" in proc.stderr
   archived = [p for p in tmp_path.iterdir() if p.name.startswith("previous-")]
   assert len(archived) == 1
-  assert checkpoint.latest_checkpoint(archived[0] / "checkpoints").step == 2
+  assert checkpoint.latest_checkpoint(archived[0] / "checkpoints").step == 6
   assert checkpoint.latest_checkpoint(tmp_path / "checkpoints").step == 2
   assert [r["step"] for r in metrics(tmp_path)] == [2]  # the new run's log only
 
