@@ -292,7 +292,10 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   # Mean rate of each phase: a static [P, T] averaging matrix over the ticks.
   phase_avg_PxT = (np.arange(len(config.phases))[:, None] == phase_T[None, :]).astype(np.float32)
   phase_avg_PxT /= phase_avg_PxT.sum(axis=1, keepdims=True)
-  rates_PxA = jnp.asarray(phase_avg_PxT) @ rates_TxA
+  # HIGHEST: on a GPU a float32 dot runs at TF32 by default (10-bit mantissa), which made
+  # these rates differ by 2e-4 between two compilations of the same step (the unrolled tick
+  # loop fuses the dot into a reduction in full float32). [P, T] x [T, A]: free either way.
+  rates_PxA = jnp.dot(jnp.asarray(phase_avg_PxT), rates_TxA, precision=jax.lax.Precision.HIGHEST)
 
   features_BxNr = readout.read_areas(config, acc.read_BxN) / jnp.maximum(acc.read_ticks, 1.0)
   logits_BxV = readout.logits(params.embed, params.w_out, params.b_out, features_BxNr)

@@ -193,6 +193,17 @@ def test_unrolled_tick_loop_matches_rolled(kernels_on_this_device, implementatio
   assert float(jnp.sum(aux_r.spikes_BxN)) > 0
   np.testing.assert_array_equal(np.asarray(aux_u.spikes_BxN), np.asarray(aux_r.spikes_BxN))
   np.testing.assert_array_equal(np.asarray(st_u.neurons.s), np.asarray(st_r.neurons.s))
+  # XLA on a GPU may keep a bfloat16 value in float32 across ops it fuses (its default
+  # `xla_allow_excess_precision`): unrolled, the token's bf16 e-prop factor sum (aux.post)
+  # is then summed in float32, while the loop rounds it to bf16 each tick (measured on an
+  # H200: up to 1.5% of an element). The Pallas tick kernel writes that sum itself, so there
+  # it is rounded alike. Allowed there: one bf16 rounding per tick of the token.
+  excess_precision = implementation == "xla" and jax.default_backend() == "gpu"
+  bf16_sum_tol = rolled.ticks_per_token * 2.0**-8
+  np.testing.assert_allclose(np.asarray(aux_u.post_BxN), np.asarray(aux_r.post_BxN),
+                             rtol=bf16_sum_tol, atol=bf16_sum_tol)
+  if excess_precision:
+    aux_r, aux_u = aux_r._replace(post_BxN=None), aux_u._replace(post_BxN=None)
   for name, a, b in (("state", st_r, st_u), ("logits", logits_r, logits_u), ("aux", aux_r, aux_u)):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
       if batch == 1:
@@ -217,4 +228,8 @@ def test_events_variants_drive_the_same_brain(kernels_on_this_device, variant):
   np.testing.assert_array_equal(np.asarray(aux_v.spikes_BxN), np.asarray(aux_t.spikes_BxN))
   for x, y in zip(jax.tree.leaves((st_t, logits_t, aux_t)), jax.tree.leaves((st_v, logits_v, aux_v)),
                   strict=True):
-    np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6)
+    # Another summation order moves an element by a few float32 ulps of the largest terms
+    # summed into it, not of itself (measured on an H200, "atomic": 1.4e-6 on an element of
+    # 0.034 in currents up to 5.4): the allowance scales with the leaf's largest value.
+    scale = max(1.0, float(np.max(np.abs(np.asarray(x)), initial=0.0)))
+    np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6 * scale)

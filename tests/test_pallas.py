@@ -128,7 +128,10 @@ def test_propagate_grads_match_reference(interpret):
   pallas_fn = lambda *a: propagate.propagate(*a, interpret=interpret)
   got = jax.grad(loss(pallas_fn), argnums=(0, 1, 2))(spk, w, gain)
   want = jax.grad(loss(propagate.propagate_reference), argnums=(0, 1, 2))(spk, w, gain)
-  precision = "float32" if interpret else "tf32"  # d w goes through the f32 outer product
+  # d w goes through the f32 outer product, which a GPU runs at TF32 (interpret mode there
+  # too, and the reference's dots alike): measured 1.3e-4 on an H200 against 1.3e-5 allowed
+  # for float32.
+  precision = "tf32" if _on_gpu() else "float32"
   for g, r, name in zip(got, want, ("spk", "w", "gain")):
     assert g.dtype == r.dtype, name
     assert_close(g, r, "bfloat16" if name == "w" else precision, 3 * 16 * 16)
@@ -512,6 +515,15 @@ def test_build_fanout_inverts_col():
 EVENT_BLOCKS = 32  # N = 32 * 32 = 1024 neurons for the event tests
 
 
+@pytest.fixture(params=[pytest.param(True, id="skip"), pytest.param(False, id="masked")])
+def skip_silent_chunks(request, monkeypatch):
+  """Both ways the event kernels treat a chunk of silent rows: branched over (the default,
+  8-row chunks) or loaded masked and summed in registers (16-row chunks here)."""
+  monkeypatch.setattr(events, "EVENTS_SKIP_SILENT_CHUNKS", request.param)
+  monkeypatch.setattr(events, "EVENTS_CHUNK", 8 if request.param else 16)
+  return request.param
+
+
 def event_layout(seed):
   kc, kw, kg = jax.random.split(jax.random.key(seed), 3)
   col = jax.random.randint(kc, (EVENT_BLOCKS, 4), 0, EVENT_BLOCKS)
@@ -521,7 +533,7 @@ def event_layout(seed):
 
 
 @pytest.mark.parametrize("rate", [0.005, 0.02, 0.05])
-def test_propagate_events_matches_dense(interpret, rate):
+def test_propagate_events_matches_dense(interpret, rate, skip_silent_chunks):
   col, w, gain = event_layout(21)
   spk = spikes(22, (EVENT_BLOCKS * 32,), rate)
   ref = propagate.propagate_reference(spk[None], w, col, gain)[0]
@@ -552,7 +564,7 @@ def test_propagate_events_overflow_falls_back_to_dense():
 
 
 @pytest.mark.parametrize("variant", ["tiles", "rows", "atomic"])
-def test_propagate_events_pallas_all_spiking(interpret, variant):
+def test_propagate_events_pallas_all_spiking(interpret, variant, skip_silent_chunks):
   """Every neuron spiking is exact too: there is no event cap. K = 4 tiles per post block
   with repeated columns (`layout`'s col[0, 1] == col[0, 0]): each variant sums them all."""
   col, w, gain = layout(25, 32, 4)

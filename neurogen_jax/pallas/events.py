@@ -13,8 +13,9 @@ Two implementations of the same function as `propagate_reference` on [1, N]:
 - Pallas (`propagate_events_pallas`): one program per tile (r, k), so that all tiles'
   loads are in flight at once (a loop over the K tiles made the kernel latency-bound:
   32 us at full size); it loads the rows of the pre block col[r, k] with a mask that is
-  the block's spikes, so rows of silent neurons are never fetched, and writes its
-  gain-scaled partial sum; XLA adds the K partials (R x K x T floats). It needs neither
+  the block's spikes, so rows of silent neurons are never fetched (and branches over 8-row
+  chunks without a spike, `EVENTS_SKIP_SILENT_CHUNKS`), and writes its gain-scaled
+  partial sum; XLA adds the K partials (R x K x T floats). It needs neither
   an inverse index nor an event cap, and no compaction pass. Two variants without the
   separate K-sum ("rows": one program per post block; "atomic": atomic adds) are there
   to be measured against it (`variant=`).
@@ -35,8 +36,16 @@ from jax.experimental.pallas import triton as plgpu
 from neurogen_jax.config import EVENTS_VARIANTS
 from neurogen_jax.pallas.propagate import propagate_reference
 
-# Weight rows per masked load of the Pallas kernel (a power of two for Triton).
-_CHUNK = 64
+# Launch knobs of the Pallas kernels, read at each trace (so a sweep can set them): weight
+# rows per masked load (a power of two for Triton), warps and pipeline stages per program,
+# and whether a chunk of rows with no spike is branched over. Swept on an H200 at full
+# size ("tiles", 2% spikes; docs/KERNELS.md): masked loads alone cost ~18 us whatever the
+# spikes (21.8 with 4 warps), 18 of it fixed cost of ~5,000 programs' masked code even with
+# no spike at all; branching over silent 8-row chunks: 13.1 us at 2%, 9.1 with no spike.
+EVENTS_CHUNK = 8
+EVENTS_NUM_WARPS = 1
+EVENTS_NUM_STAGES = 1
+EVENTS_SKIP_SILENT_CHUNKS = True
 
 
 def build_fanout(col_RxK, num_blocks: int) -> tuple[jax.Array, jax.Array]:
@@ -143,27 +152,48 @@ def propagate_events(spk_N: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array,
                            int(max_events), dense)
 
 
-def _masked_rows(spk_ref, w_ref, row0, base, chunk):
-  """sum_t spk[base + t] * w[row0 + t, :] over the spiking t < T -> [T] float32.
+def _event_rows(spk_ref, w_ref, row0, base, chunk, scale, emit):
+  """emit(scale * sum_t spk[base + t] w[row0 + t, :]) over the spiking t < T, in parts.
 
-  The rows come in through masked loads (rows of silent neurons are never fetched); the
-  chunks are unrolled so that their loads are in flight together.
+  The rows come in through masked loads (rows of silent neurons are never fetched), `chunk`
+  rows at a time, unrolled so that their loads can be in flight together. With
+  EVENTS_SKIP_SILENT_CHUNKS a chunk whose neurons are all silent is branched over (no
+  load, no arithmetic) and each live chunk emits its own [T] part; otherwise the parts are
+  summed in registers and emitted once. emit(x) adds x into the output (a store or an
+  atomic add).
   """
   tile = w_ref.shape[-1]
   acc = jnp.zeros((tile,), jnp.float32)
   for start in range(0, tile, chunk):
     val = spk_ref[pl.ds(base + start, chunk)].astype(jnp.float32)
-    live = jnp.broadcast_to((val != 0)[:, None], (chunk, tile))
-    w_rows = plgpu.load(w_ref.at[pl.ds(row0 + start, chunk), :], mask=live, other=0.0)
-    acc = acc + jnp.sum(w_rows.astype(jnp.float32) * val[:, None], axis=0)
-  return acc
+
+    def part(val=val, start=start):
+      live = jnp.broadcast_to((val != 0)[:, None], (chunk, tile))
+      w_rows = plgpu.load(w_ref.at[pl.ds(row0 + start, chunk), :], mask=live, other=0.0)
+      return jnp.sum(w_rows.astype(jnp.float32) * val[:, None], axis=0) * scale
+
+    if EVENTS_SKIP_SILENT_CHUNKS:
+      @pl.when(jnp.sum(jnp.abs(val)) > 0)
+      def _(part=part):
+        emit(part())
+    else:
+      acc = acc + part()
+  if not EVENTS_SKIP_SILENT_CHUNKS:
+    emit(acc)
+
+
+def _add_to(out_ref):
+  def emit(x):
+    out_ref[...] += x
+  return emit
 
 
 def _tiles_kernel(col_ref, gain_ref, spk_ref, w_ref, out_ref, *, chunk: int):
   """Tile (r, k): out[r, k] = gain[r,k] sum_{t: spk[col[r,k]*T+t] != 0} spk w[r,k,t,:]."""
   r, k = pl.program_id(0), pl.program_id(1)
-  base = col_ref[r, k] * w_ref.shape[-1]
-  out_ref[...] = _masked_rows(spk_ref, w_ref, 0, base, chunk) * gain_ref[r, k]
+  tile = w_ref.shape[-1]
+  out_ref[...] = jnp.zeros((tile,), jnp.float32)
+  _event_rows(spk_ref, w_ref, 0, col_ref[r, k] * tile, chunk, gain_ref[r, k], _add_to(out_ref))
 
 
 def _rows_kernel(col_ref, gain_ref, spk_ref, w_ref, out_ref, *, chunk: int):
@@ -173,11 +203,10 @@ def _rows_kernel(col_ref, gain_ref, spk_ref, w_ref, out_ref, *, chunk: int):
   can be issued together."""
   r = pl.program_id(0)
   k_slots, tile = col_ref.shape[1], w_ref.shape[-1]
-  acc = jnp.zeros((tile,), jnp.float32)
+  out_ref[...] = jnp.zeros((tile,), jnp.float32)
   for k in range(k_slots):
-    acc = acc + (_masked_rows(spk_ref, w_ref, (r * k_slots + k) * tile, col_ref[r, k] * tile,
-                              chunk) * gain_ref[r, k])
-  out_ref[...] = acc
+    _event_rows(spk_ref, w_ref, (r * k_slots + k) * tile, col_ref[r, k] * tile, chunk,
+                gain_ref[r, k], _add_to(out_ref))
 
 
 def _atomic_kernel(col_ref, gain_ref, spk_ref, w_ref, zeros_ref, out_ref, *, chunk: int):
@@ -186,17 +215,18 @@ def _atomic_kernel(col_ref, gain_ref, spk_ref, w_ref, zeros_ref, out_ref, *, chu
   del zeros_ref
   r, k = pl.program_id(0), pl.program_id(1)
   tile = w_ref.shape[-1]
-  part = _masked_rows(spk_ref, w_ref, 0, col_ref[r, k] * tile, chunk) * gain_ref[r, k]
-  plgpu.atomic_add(out_ref, pl.ds(0, tile), part)
+  _event_rows(spk_ref, w_ref, 0, col_ref[r, k] * tile, chunk, gain_ref[r, k],
+              lambda x: plgpu.atomic_add(out_ref, pl.ds(0, tile), x))
 
 
 def _events_pallas(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret):
   r, k_slots, t, _ = w_RxKxTxT.shape
   full = pl.BlockSpec()  # the whole array
   args = (col_RxK.astype(jnp.int32), gain_RxK.astype(jnp.float32), spk_N, w_RxKxTxT)
-  common = dict(compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1),
+  common = dict(compiler_params=plgpu.CompilerParams(num_warps=EVENTS_NUM_WARPS,
+                                                    num_stages=EVENTS_NUM_STAGES),
                 interpret=interpret, name=f"propagate_events_{variant}")
-  chunk = min(_CHUNK, t)
+  chunk = min(EVENTS_CHUNK, t)
   if variant == "rows":
     out_RxT = pl.pallas_call(
         functools.partial(_rows_kernel, chunk=chunk),
@@ -258,7 +288,7 @@ def propagate_events_pallas(spk_N: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax
   number of spikes (no event cap, no fallback needed). `variant` (all give the same sums;
   "atomic" in a run-to-run varying order):
   - "tiles": one program per tile (r, k) writes its partial, XLA sums the K partials
-    (two kernels; 21.7 us at full size on an H100, docs/KERNELS.md).
+    (two kernels; 12.7-13.1 us at full size and 2% spikes on an H200, docs/KERNELS.md).
   - "rows": one program per post block r with its K tiles unrolled, writing out[r]
     directly (one kernel, R programs).
   - "atomic": one program per tile, atomic adds into a zeroed output (one kernel and a
