@@ -252,8 +252,11 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     # ticks of the token, no per-phase loop and no conditional).
     gain_RxK, learn_N = table.gain_PxRxK[p], table.learn_PxN[p]
     read, bg_on = table.read_P[p], table.bg_gate_P[p]
+    # One ALIF stream on Pallas: the event kernel's K partial sums go to the tick kernel,
+    # which adds them (no separate sum kernel); else [B, N].
     prop_BxN = ops.propagate(q_BxN, params.tiles, conn.col_RxK, gain_RxK,
-                             config.implementation, events_variant=config.events_variant)
+                             config.implementation, events_variant=config.events_variant,
+                             partials=config.neuron_model == "alif")
     gate_B = (jnp.where(bg_on > 0, bg_gate_from_means(go_nogo_Bx2), 1.0) if has_bg
               else jnp.ones((bsz,), jnp.float32))
     # Input current, neuron update and the token's sums in one op (one kernel with Pallas).

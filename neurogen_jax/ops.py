@@ -51,7 +51,8 @@ def _dense_propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, implementation):
 def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain_RxK: jax.Array,
               implementation: Implementation = "xla", *,
               fanout: tuple[jax.Array, jax.Array] | None = None,
-              max_events: int | None = None, events_variant: str = "tiles") -> jax.Array:
+              max_events: int | None = None, events_variant: str = "tiles",
+              partials: bool = False) -> jax.Array:
   """Block-sparse spike propagation (see `propagate_reference`) -> [B, N] float32.
 
   A single stream (B == 1) goes event-driven, reading only the rows of spiking neurons:
@@ -59,8 +60,16 @@ def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain
   `propagate_events_pallas`); with "xla" when `fanout` (`build_fanout`) and `max_events`
   are given (else dense; on an H100 the XLA event path measured slower than dense XLA,
   docs/KERNELS.md). Every path is differentiable with the same grads.
+
+  partials: where the Pallas "tiles" event kernel runs (B == 1), return its K per-tile
+  partial sums [K, N] (their sum over axis 0 is the [1, N] result) for `alif_tick` to add
+  up as it reads them; every other path returns [B, N] as usual.
   """
   _check(implementation)
+  if spk_BxN.shape[0] == 1 and implementation == "pallas" and partials and (
+      events_variant == "tiles"):
+    return pallas_events.propagate_events_pallas(spk_BxN[0], w_RxKxTxT, col_RxK, gain_RxK,
+                                                 variant="tiles", partials=True)
   if spk_BxN.shape[0] == 1 and (implementation == "pallas" or fanout is not None):
     return propagate_events(spk_BxN[0], w_RxKxTxT, col_RxK, gain_RxK, implementation,
                             fanout=fanout, max_events=max_events,

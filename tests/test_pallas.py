@@ -483,8 +483,40 @@ def test_alif_tick_grads_match_reference(interpret):
   assert float(jnp.max(jnp.abs(got[4]))) > 0 and float(jnp.max(jnp.abs(got[6]))) > 0
 
 
+@pytest.mark.parametrize("k_parts", [4, 3])
+def test_alif_tick_adds_up_partial_propagation(interpret, k_parts):
+  """One stream: prop given as K partial sums [K, N] (the event kernel's, partials=True)
+  gives the tick of their sum, kernel and reference (K = 3: padded to 4 zero rows); the
+  grads of the partials are the grad of the sum, for each of them."""
+  args = list(tick_inputs(36, 1, 256, True))
+  parts = jax.random.normal(jax.random.key(37), (k_parts, 256)) * 2.0
+  summed = list(args)
+  summed[4] = jnp.sum(parts, axis=0, keepdims=True)
+  args[4] = parts
+  want = neuron_update.alif_tick_reference(*summed, **ALIF)
+  assert 0.05 < float(jnp.mean(want[4])) < 0.95
+  for fn in (functools.partial(neuron_update.alif_tick, interpret=interpret),
+             neuron_update.alif_tick_reference):
+    got = fn(*args, **ALIF)
+    for g, w in zip(got, want, strict=True):
+      assert g.shape == w.shape == (1, 256)
+      assert_close(g.astype(jnp.float32), w.astype(jnp.float32),
+                   "bfloat16" if w.dtype == jnp.bfloat16 else "float32", k_parts)
+  probe = jax.random.normal(jax.random.key(38), (1, 256))
+  loss = lambda p4: jnp.sum(neuron_update.alif_tick(*args[:4], p4, *args[5:], **ALIF,
+                                                    interpret=interpret)[6] * probe)
+  g_parts = jax.grad(loss)(parts)
+  g_sum = jax.grad(lambda p: jnp.sum(neuron_update.alif_tick_reference(
+      *summed[:4], p, *summed[5:], **ALIF)[6] * probe))(summed[4])
+  assert float(jnp.max(jnp.abs(g_sum))) > 0
+  for k in range(k_parts):
+    assert_close(g_parts[k:k + 1], g_sum, "float32", 16)
+
+
 def test_alif_tick_bad_shapes():
   args = list(tick_inputs(35, 2, 64, True))
+  with pytest.raises(ValueError, match="partial sums"):  # [K, N] partials need B = 1
+    neuron_update.alif_tick(*args[:4], jnp.zeros((4, 64)), *args[5:], **ALIF, interpret=True)
   with pytest.raises(ValueError, match="both post_BxN and spikes_BxN"):
     neuron_update.alif_tick(*args[:10], **ALIF, interpret=True)
   args[7] = args[7][:5]
@@ -544,6 +576,32 @@ def test_propagate_events_matches_dense(interpret, rate, skip_silent_chunks):
     out_pallas = events.propagate_events_pallas(spk, w, col, gain, variant=variant,
                                                 interpret=interpret)
     assert_close(out_pallas, ref, "float32", 4 * 32)
+
+
+def test_propagate_events_partials_sum_to_the_propagation(interpret, skip_silent_chunks):
+  """partials=True: the K per-tile terms [K, N] (each tile's own, `partials_reference`),
+  whose sum is the propagation; their grads are each tile's own."""
+  col, w, gain = event_layout(27)
+  spk = spikes(28, (EVENT_BLOCKS * 32,), 0.05)
+  parts = events.propagate_events_pallas(spk, w, col, gain, partials=True, interpret=interpret)
+  want = events.partials_reference(spk, w, col, gain)
+  assert parts.shape == (4, EVENT_BLOCKS * 32)
+  assert_close(parts, want, "float32", 32)
+  assert_close(jnp.sum(parts, axis=0), propagate.propagate_reference(spk[None], w, col, gain)[0],
+               "float32", 4 * 32)
+  assert float(jnp.min(jnp.max(jnp.abs(want), axis=1))) > 0  # every tile slot carries current
+  probe = jax.random.normal(jax.random.key(29), parts.shape)
+  loss = lambda fn: lambda s, ww, g: jnp.sum(fn(s, ww, g) * probe)
+  got = jax.grad(loss(lambda s, ww, g: events.propagate_events_pallas(
+      s, ww, col, g, partials=True, interpret=interpret)), argnums=(0, 1, 2))(
+          spk.astype(jnp.float32), w, gain)
+  ref = jax.grad(loss(lambda s, ww, g: events.partials_reference(s, ww, col, g)),
+                 argnums=(0, 1, 2))(spk.astype(jnp.float32), w, gain)
+  for g, r, tol in zip(got, ref, ("float32", "bfloat16", "float32")):
+    assert_close(g, r, tol, 32)
+  with pytest.raises(ValueError, match="partials"):
+    events.propagate_events_pallas(spk, w, col, gain, variant="rows", partials=True,
+                                   interpret=interpret)
 
 
 def test_propagate_events_overflow_falls_back_to_dense():

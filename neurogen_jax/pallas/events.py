@@ -219,7 +219,7 @@ def _atomic_kernel(col_ref, gain_ref, spk_ref, w_ref, zeros_ref, out_ref, *, chu
               lambda x: plgpu.atomic_add(out_ref, pl.ds(0, tile), x))
 
 
-def _events_pallas(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret):
+def _events_pallas(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret, partials=False):
   r, k_slots, t, _ = w_RxKxTxT.shape
   full = pl.BlockSpec()  # the whole array
   args = (col_RxK.astype(jnp.int32), gain_RxK.astype(jnp.float32), spk_N, w_RxKxTxT)
@@ -250,30 +250,50 @@ def _events_pallas(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret):
         **common,
     )(*args, jnp.zeros((r, t), jnp.float32))
     return out_RxT.reshape(r * t)
-  part_RxKxT = pl.pallas_call(
+  # Tile (r, k) writes row k of a [K, N] array: the K partial sums of every post neuron,
+  # which XLA adds up, or (partials=True) the neuron tick kernel does as it reads them.
+  part_KxRxT = pl.pallas_call(
       functools.partial(_tiles_kernel, chunk=chunk),
       grid=(r, k_slots),
       in_specs=[full, full, full, tile_spec],
-      out_specs=pl.BlockSpec((None, None, t), lambda i, j: (i, j, 0)),
-      out_shape=jax.ShapeDtypeStruct((r, k_slots, t), jnp.float32),
+      out_specs=pl.BlockSpec((None, None, t), lambda i, j: (j, i, 0)),
+      out_shape=jax.ShapeDtypeStruct((k_slots, r, t), jnp.float32),
       **common,
   )(*args)
-  return jnp.sum(part_RxKxT, axis=1).reshape(r * t)
+  part_KxN = part_KxRxT.reshape(k_slots, r * t)
+  return part_KxN if partials else jnp.sum(part_KxN, axis=0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _propagate_events_p(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret):
-  return _events_pallas(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _propagate_events_p(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret, partials):
+  return _events_pallas(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret, partials)
 
 
-def _propagate_events_p_fwd(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret):
-  out = _events_pallas(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret)
+def _propagate_events_p_fwd(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret, partials):
+  out = _events_pallas(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret, partials)
   return out, (spk_N, w_RxKxTxT, col_RxK, gain_RxK)
 
 
-def _propagate_events_p_bwd(variant, interpret, res, g_N):
+def partials_reference(spk_N, w_RxKxTxT, col_RxK, gain_RxK) -> jax.Array:
+  """part[k, r*T+u] = gain[r,k] sum_t spk[col[r,k]*T+t] w[r,k,t,u] -> [K, N] float32: the
+  per-tile terms whose sum over k is `propagate_reference` of one stream."""
+  r, k_slots, t, _ = w_RxKxTxT.shape
+  pre_RxKxT = spk_N.reshape(r, t).astype(jnp.float32)[col_RxK]
+  part_RxKxT = jnp.einsum("rkt,rktu->rku", pre_RxKxT, w_RxKxTxT.astype(jnp.float32),
+                          precision=jax.lax.Precision.HIGHEST) * gain_RxK[..., None]
+  return jnp.transpose(part_RxKxT, (1, 0, 2)).reshape(k_slots, r * t)
+
+
+def _propagate_events_p_bwd(variant, interpret, partials, res, g):
+  """The dense reference's vjp (of the per-tile terms' reference with partials)."""
   del variant, interpret
-  return _dense_vjp(res, g_N)
+  if not partials:
+    return _dense_vjp(res, g)
+  spk_N, w_RxKxTxT, col_RxK, gain_RxK = res
+  _, vjp = jax.vjp(lambda s, w, gn: partials_reference(s, w, col_RxK, gn), spk_N, w_RxKxTxT,
+                   gain_RxK)
+  d_spk, d_w, d_gain = vjp(g)
+  return d_spk.astype(spk_N.dtype), d_w.astype(w_RxKxTxT.dtype), None, d_gain
 
 
 _propagate_events_p.defvjp(_propagate_events_p_fwd, _propagate_events_p_bwd)
@@ -281,8 +301,12 @@ _propagate_events_p.defvjp(_propagate_events_p_fwd, _propagate_events_p_bwd)
 
 def propagate_events_pallas(spk_N: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array,
                             gain_RxK: jax.Array, *, variant: str = "tiles",
-                            interpret: bool = False) -> jax.Array:
+                            partials: bool = False, interpret: bool = False) -> jax.Array:
   """Event-driven `propagate_reference` for one stream -> [N] float32 (Pallas).
+
+  partials=True ("tiles" only): return the K per-tile partial sums [K, N] instead of their
+  sum (their sum over axis 0 is the [N] result), for a consumer that adds them as it reads
+  them (`alif_tick` does): one kernel and one launch gap less per tick.
 
   Reads, for each tile, only the rows of the pre block's spiking neurons; exact for any
   number of spikes (no event cap, no fallback needed). `variant` (all give the same sums;
@@ -300,4 +324,8 @@ def propagate_events_pallas(spk_N: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax
   if variant not in EVENTS_VARIANTS:
     raise ValueError(f"propagate_events_pallas: variant must be one of {EVENTS_VARIANTS}, "
                      f"got {variant!r}")
-  return _propagate_events_p(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret)
+  if partials and variant != "tiles":
+    raise ValueError(f"propagate_events_pallas: partials=True needs variant='tiles' (the "
+                     f"others sum over K in the kernel), got {variant!r}.")
+  return _propagate_events_p(spk_N, w_RxKxTxT, col_RxK, gain_RxK, variant, interpret,
+                             bool(partials))

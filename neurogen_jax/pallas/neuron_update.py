@@ -228,19 +228,25 @@ def alif_tick_reference(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B
   per-stream gate_B scales), gain (of the token drive), read (this tick's readout weight,
   the same for every neuron), learn (this tick's e-prop weight per neuron), sign (+1
   excitatory, -1 inhibitory).
+  With one stream (B = 1) prop may be the propagation's K partial sums [K, N]
+  (`propagate_events_pallas(partials=True)`): the tick adds them up.
   Returns (v, i, a, tr, s, q, read[, post, spikes]).
   """
   c = AlifConstants(a_s, a_m, a_a, a_t, beta, threshold, width)
   vec = tuple(vec_6xN[k][None, :] for k in range(len(TICK_VEC_ROWS)))
+  if prop_BxN.shape[0] != v_BxN.shape[0]:  # B = 1: the K partial sums of the propagation
+    prop_BxN = jnp.sum(prop_BxN, axis=0, keepdims=True)
   return _tick_math(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B[:, None], vec,
                     read_BxN, post_BxN, spikes_BxN, c, functools.partial(spike, width=width),
                     jnp.dtype(signed_dtype))
 
 
-def _tick_kernel(*refs, constants: AlifConstants, collect: bool, signed_dtype):
+def _tick_kernel(*refs, constants: AlifConstants, collect: bool, signed_dtype, partials: bool):
   n_in = 11 if collect else 9
   ins, outs = refs[:n_in], refs[n_in:]
   v, i, a, tr, prop, drive, gate = (r[...] for r in ins[:7])
+  if partials:  # [K, block_n] partial sums of one stream's propagation
+    prop = jnp.sum(prop, axis=0, keepdims=True)
   read = ins[8][...]
   post, spk = (ins[9][...], ins[10][...]) if collect else (None, None)
   rows = tuple(ins[7][k, :][None, :] for k in range(len(TICK_VEC_ROWS)))  # one load per row
@@ -252,24 +258,33 @@ def _tick_kernel(*refs, constants: AlifConstants, collect: bool, signed_dtype):
 
 def _tick_pallas(args, constants, collect, signed_dtype, interpret):
   b, n = args[0].shape
+  partials = args[4].shape[0] != b  # B = 1 and prop holds K partial sums
   n_pad, block_b, block_n = _layout(b, n)
   if n_pad != n:  # every [B, N] and the [6, N] rows; gate_B (args[6]) has no N
     args = tuple(z if k == 6 else jnp.pad(z, ((0, 0), (0, n_pad - n))) for k, z in enumerate(args))
-  # Triton blocks must have power-of-2 sizes: the 6 vector rows travel as 8.
+  # Triton blocks must have power-of-2 sizes: the 6 vector rows travel as 8 (and K partial
+  # rows as the next power of two, zero rows added).
   rows = pl.next_power_of_2(len(TICK_VEC_ROWS))
   args = args[:7] + (jnp.pad(args[7], ((0, rows - len(TICK_VEC_ROWS)), (0, 0))),) + args[8:]
+  k_rows = pl.next_power_of_2(args[4].shape[0])
+  if partials and k_rows != args[4].shape[0]:
+    args = args[:4] + (jnp.pad(args[4], ((0, k_rows - args[4].shape[0]), (0, 0))),) + args[5:]
   spec = pl.BlockSpec((block_b, block_n), lambda bi, ni: (bi, ni))
-  in_specs = [spec] * 6 + [pl.BlockSpec((block_b,), lambda bi, ni: (bi,)),
-                           pl.BlockSpec((rows, block_n), lambda bi, ni: (0, ni)),
-                           spec] + ([spec, spec] if collect else [])
+  prop_spec = pl.BlockSpec((k_rows, block_n), lambda bi, ni: (0, ni)) if partials else spec
+  in_specs = [spec] * 4 + [prop_spec, spec] + [
+      pl.BlockSpec((block_b,), lambda bi, ni: (bi,)),
+      pl.BlockSpec((rows, block_n), lambda bi, ni: (0, ni)),
+      spec] + ([spec, spec] if collect else [])
   out_dtypes = ([jnp.float32] * 5 + [signed_dtype, jnp.float32]
                 + ([args[9].dtype, args[10].dtype] if collect else []))
-  # In place: v, i, a, tr; s takes prop's buffer; the sums stay where they are. q is new
-  # (in the brain's tick loop the previous q is dead by then: XLA gives it the same buffer).
-  aliases = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 8: 6} | ({9: 7, 10: 8} if collect else {})
+  # In place: v, i, a, tr; s takes prop's buffer (not the [K, N] partials: another shape);
+  # the sums stay where they are. q is new (in the brain's tick loop the previous q is
+  # dead by then: XLA gives it the same buffer).
+  aliases = ({0: 0, 1: 1, 2: 2, 3: 3, 8: 6} | ({} if partials else {4: 4})
+             | ({9: 7, 10: 8} if collect else {}))
   outs = pl.pallas_call(
       functools.partial(_tick_kernel, constants=constants, collect=collect,
-                        signed_dtype=signed_dtype),
+                        signed_dtype=signed_dtype, partials=partials),
       grid=(b // block_b, n_pad // block_n),
       in_specs=in_specs,
       out_specs=[spec] * len(out_dtypes),
@@ -308,7 +323,8 @@ def alif_tick(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN,
               interpret: bool = False):
   """Pallas `alif_tick_reference`: the whole neuron tick in one pass over [B, N].
 
-  State, prop, drive and read float32 [B, N]; gate_B [B]; vec_6xN [6, N] (rows
+  State, prop, drive and read float32 [B, N] (prop: or, with B = 1, its K partial sums
+  [K, N], added up in the kernel); gate_B [B]; vec_6xN [6, N] (rows
   TICK_VEC_ROWS); post/spikes [B, N] in their own dtype (bfloat16 in the brain), both or
   neither. Returns (v, i, a, tr, s, q, read[, post, spikes]) with q = s * sign in
   `signed_dtype`; the state and sums are updated in place where XLA can donate them.
@@ -318,8 +334,12 @@ def alif_tick(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN,
   collect = post_BxN is not None
   if collect != (spikes_BxN is not None):
     raise ValueError("alif_tick: give both post_BxN and spikes_BxN, or neither.")
-  named = (("i", i_BxN), ("a", a_BxN), ("tr", tr_BxN), ("prop", prop_BxN), ("drive", drive_BxN),
+  named = (("i", i_BxN), ("a", a_BxN), ("tr", tr_BxN), ("drive", drive_BxN),
            ("read", read_BxN)) + ((("post", post_BxN), ("spikes", spikes_BxN)) if collect else ())
+  if not (prop_BxN.shape == (b, n) or (b == 1 and prop_BxN.ndim == 2
+                                       and prop_BxN.shape[1] == n)):
+    raise ValueError(f"alif_tick: prop has shape {prop_BxN.shape}, expected v's {(b, n)} (or, "
+                     f"with one stream, [K, {n}] partial sums).")
   for name, z in named:
     if z.shape != (b, n):
       raise ValueError(f"alif_tick: {name} has shape {z.shape}, expected v's {(b, n)}.")
