@@ -18,6 +18,14 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 # initialisers, optimizer steps) again and again. Measured: a tiny brain's eager
 # `learning.init_train_state` takes 9.4 s in a fresh process, 2.2 s from the cache.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# On CPU (`make test`), XLA compiles without LLVM's expensive optimisation passes: the
+# suite's time is mostly compiling tiny programs that then run for milliseconds (measured:
+# test_eprop.py + test_model.py from an empty cache 125 -> 115 s). Inherited by the CLI
+# subprocesses; tests that set XLA_FLAGS for a subprocess append to it.
+if os.environ.get("JAX_PLATFORMS") == "cpu":
+  _flag = "--xla_llvm_disable_expensive_passes=true"
+  if _flag not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -259,6 +259,10 @@ def _multihost_worker() -> dict:
 
 # ------------------------------------------------------------------------- the tests
 
+def _with_base_flags(flags: str) -> str:
+  """`flags` after the suite's own XLA_FLAGS (tests/conftest.py), for a subprocess."""
+  return f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+
 
 def _run_worker(env: dict) -> subprocess.Popen:
   return subprocess.Popen([sys.executable, os.path.abspath(__file__)], env=dict(os.environ, **env),
@@ -285,7 +289,7 @@ def reference(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def results(reference) -> dict:
   start = time.perf_counter()
-  out = _result(_run_worker({"XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}",
+  out = _result(_run_worker({"XLA_FLAGS": _with_base_flags(f"--xla_force_host_platform_device_count={DEVICES}"),
                              "JAX_PLATFORMS": "cpu", REFERENCE_ENV: reference}), "8-device")
   out["worker_s"] = round(time.perf_counter() - start, 1)
   print(json.dumps(out, indent=1))
@@ -297,7 +301,7 @@ def multihost(results, reference) -> list[dict]:
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  procs = [_run_worker({"XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES // 2}",
+  procs = [_run_worker({"XLA_FLAGS": _with_base_flags(f"--xla_force_host_platform_device_count={DEVICES // 2}"),
                         "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
                         "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i),
                         REFERENCE_ENV: reference}) for i in range(2)]

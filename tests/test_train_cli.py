@@ -40,6 +40,11 @@ DOCS = ["The cat sat on the mat. ", "A dog ran in the fog; ", "Rain falls on the
         "Birds sing in spring. ", "Fish swim and dim. ", "Stars shine at nine. ", "End of it all. "]
 
 
+def _with_base_flags(flags: str) -> str:
+  """`flags` after the suite's own XLA_FLAGS (tests/conftest.py), for a subprocess."""
+  return f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
   e = dict(os.environ)
@@ -442,7 +447,7 @@ def test_sentencepiece_tokenizer_is_trained_saved_and_reloaded(tmp_path, env, da
 def test_cli_data_parallel_mesh_trains_and_resumes(tmp_path, straight, env, data_dir):
   """`--config.mesh.data=2` on two (forced CPU) devices: trains, checkpoints, resumes onto
   the mesh, and stays within rounding of the one-device run (same data, same seed)."""
-  env2 = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env2 = dict(env, XLA_FLAGS=_with_base_flags("--xla_force_host_platform_device_count=2"))
   run_dir = tmp_path / "mesh"
   args = train_args(data_dir, run_dir, 4) + ["--config.mesh.data=2"]
   check(run_cli("experiments.train", args, env2))
@@ -485,7 +490,7 @@ def run_processes(args, env, timeout=300):
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  env = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}")
+  env = dict(env, XLA_FLAGS=_with_base_flags(f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}"))
   procs = [subprocess.Popen(
       [sys.executable, "-m", "experiments.train", *map(str, args),
        f"--coordinator_address=localhost:{port}", f"--num_processes={PROCESSES}",
@@ -553,7 +558,7 @@ def test_two_processes_train_checkpoint_and_resume_like_one_process(tmp_path, en
   check(run_cli("experiments.train", train_args(data_dir, single, 6, keep=3) + [
       "--config.data.num_shards=2", f"--config.data.tokenizer={multi / 'tokenizer'}",
       f"--config.mesh.data={devices}"],
-      dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")))
+      dict(env, XLA_FLAGS=_with_base_flags(f"--xla_force_host_platform_device_count={devices}"))))
   # Cross-process sums run in another order than one process's: the losses agree to
   # 1e-8 for 4 chunks; by chunk 6 a spike flipped by rounding has grown in the chaotic
   # dynamics (1.1e-3 nats with the default phase table), so step 6 is held to the data
