@@ -183,7 +183,10 @@ def _worker() -> dict:
     out.setdefault("layout_kept", {})[f"{data}x{model}"] = bool(kept)
     return _compare(ref, ref_losses, results)
 
-  for name, (data, model) in {"data_8": (8, 1), "model_4": (1, 4), "data_2_model_4": (2, 4)}.items():
+  # Data alone, and data with model (the model axis alone adds nothing the 2-D mesh does
+  # not run: the same spike gathers and the same sums over the neuron shards; the pair of
+  # processes runs a 4 x 2 mesh besides).
+  for name, (data, model) in {"data_8": (8, 1), "data_2_model_4": (2, 4)}.items():
     out[name] = timed(name, lambda: run_mesh(data, model))
 
   # Save a state sharded over 8 devices (neurogen_jax.checkpoint); restore it onto 2 (data 1 x model 2: another
@@ -406,7 +409,7 @@ def _assert_equal_to_single_device(run: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, mesh", [("data_8", "8x1"), ("model_4", "1x4"), ("data_2_model_4", "2x4")])
+@pytest.mark.parametrize("name, mesh", [("data_8", "8x1"), ("data_2_model_4", "2x4")])
 def test_mesh_equals_single_device(results, name, mesh):
   _assert_equal_to_single_device(results[name])
   assert results["layout_kept"][mesh], "the step changed the state's layout"
