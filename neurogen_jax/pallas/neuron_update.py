@@ -262,15 +262,16 @@ def _tick_pallas(args, constants, collect, signed_dtype, interpret):
   n_pad, block_b, block_n = _layout(b, n)
   if n_pad != n:  # every [B, N] and the [6, N] rows; gate_B (args[6]) has no N
     args = tuple(z if k == 6 else jnp.pad(z, ((0, 0), (0, n_pad - n))) for k, z in enumerate(args))
-  # Triton blocks must have power-of-2 sizes: the 6 vector rows travel as 8 (and K partial
-  # rows as the next power of two, zero rows added).
+  # Triton blocks must have power-of-2 sizes: the 6 vector rows travel as 8.
   rows = pl.next_power_of_2(len(TICK_VEC_ROWS))
   args = args[:7] + (jnp.pad(args[7], ((0, rows - len(TICK_VEC_ROWS)), (0, 0))),) + args[8:]
-  k_rows = pl.next_power_of_2(args[4].shape[0])
-  if partials and k_rows != args[4].shape[0]:
-    args = args[:4] + (jnp.pad(args[4], ((0, k_rows - args[4].shape[0]), (0, 0))),) + args[5:]
   spec = pl.BlockSpec((block_b, block_n), lambda bi, ni: (bi, ni))
-  prop_spec = pl.BlockSpec((k_rows, block_n), lambda bi, ni: (0, ni)) if partials else spec
+  prop_spec = spec
+  if partials:  # the K partial rows likewise, as the next power of two (zero rows added)
+    k_rows = pl.next_power_of_2(args[4].shape[0])
+    if k_rows != args[4].shape[0]:
+      args = args[:4] + (jnp.pad(args[4], ((0, k_rows - args[4].shape[0]), (0, 0))),) + args[5:]
+    prop_spec = pl.BlockSpec((k_rows, block_n), lambda bi, ni: (0, ni))
   in_specs = [spec] * 4 + [prop_spec, spec] + [
       pl.BlockSpec((block_b,), lambda bi, ni: (bi,)),
       pl.BlockSpec((rows, block_n), lambda bi, ni: (0, ni)),
