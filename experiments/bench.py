@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import itertools
 import json
 import os
 import time
@@ -47,6 +48,9 @@ flags.DEFINE_string("tick_unroll", "0", "comma-separated BrainConfig.tick_unroll
                     "all ticks at B = 1, else 1)")
 flags.DEFINE_string("events_variant", "tiles", "comma-separated Pallas event kernels for B = 1 "
                     "(tiles, rows, atomic); ignored by xla and at B > 1")
+flags.DEFINE_string("inference_dtype", "float32", "comma-separated dtypes of the dense token "
+                    "weights (w_in, embed, w_out) on forward points (`brain.inference_params`); "
+                    "learning points train the float32 originals")
 flags.DEFINE_bool("find_max_batch", False, "double B (learning on, first of --impls) until it no "
                   "longer fits")
 flags.DEFINE_integer("max_batch_start", 256, "first B of --find_max_batch")
@@ -85,7 +89,7 @@ def _timed(fn, repeats):
 
 
 def bench_point(config: BrainConfig, batch: int, learn: bool, n_tokens: int, repeats: int,
-                profile_dir: str = "") -> dict:
+                profile_dir: str = "", inference_dtype: str = "float32") -> dict:
   key = jax.random.PRNGKey(0)
   toks = jax.random.randint(key, (batch, n_tokens), 0, config.vocab_size)
   t_compile = time.perf_counter()
@@ -98,6 +102,8 @@ def bench_point(config: BrainConfig, batch: int, learn: bool, n_tokens: int, rep
     fn = lambda: compiled(ts, toks, toks)[1].loss
   else:
     params, state = brain.init(config, key, batch)
+    if inference_dtype != "float32":
+      params = brain.inference_params(params, jnp.dtype(inference_dtype))
     compiled = _forward.lower(params, state, toks, config).compile()
     fn = lambda: compiled(params, state, toks)[1]
   jax.block_until_ready(fn())
@@ -106,12 +112,14 @@ def bench_point(config: BrainConfig, batch: int, learn: bool, n_tokens: int, rep
   stats = jax.devices()[0].memory_stats() or {}
   ticks = n_tokens * config.ticks_per_token
   if profile_dir:
-    name = f"{config.implementation}_B{batch}_learn{int(learn)}_unroll{config.tick_unroll}"
+    name = (f"{config.implementation}_B{batch}_learn{int(learn)}_unroll{config.tick_unroll}"
+            f"_{inference_dtype}")
     profile_point(fn, compiled.as_text(), os.path.join(profile_dir, name), ticks)
   return {"batch": batch, "learning": learn, "implementation": config.implementation,
           "tick_unroll": config.tick_unroll,
           "scan_unroll": config.scan_unroll(batch, jax.default_backend()),
           "events_variant": _events_variant(config, batch),
+          "inference_dtype": None if learn else inference_dtype,
           "us_per_tick": sec / ticks * 1e6, "tokens_per_s": batch * n_tokens / sec,
           "compile_s": compile_s, "peak_bytes": stats.get("peak_bytes_in_use"),
           "program_bytes": _program_bytes(compiled)}
@@ -160,8 +168,11 @@ def _report(r: dict, out) -> None:
   floor = (f"floor {r['floor_us_per_tick']:7.1f} us ({r['pct_of_floor']:5.1f}%)  "
            if "floor_us_per_tick" in r else "")
   variant = r["events_variant"] or "-"
+  weights = {"bfloat16": "bf16", "float32": "f32"}.get(r.get("inference_dtype"),
+                                                        r.get("inference_dtype") or "-")
   print(f"  {r['implementation']:6s} B={r['batch']:5d} learn={'on ' if r['learning'] else 'off'} "
-        f"unroll={r['scan_unroll']:2d} events={variant:6s} {r['us_per_tick']:9.1f} us/tick "
+        f"unroll={r['scan_unroll']:2d} events={variant:6s} w={weights:4s} "
+        f"{r['us_per_tick']:9.1f} us/tick "
         f"{r['tokens_per_s']:10.1f} tok/s  {floor}compile {r['compile_s']:.0f}s  "
         f"program {gib(r['program_bytes'])} GiB  peak {gib(r['peak_bytes'])} GiB", flush=True)
   if out:
@@ -207,28 +218,31 @@ def main(argv):
   batches = [int(b) for b in FLAGS.batches.split(",")]
   unrolls = [int(u) for u in FLAGS.tick_unroll.split(",")]
   variants = FLAGS.events_variant.split(",")
+  dtypes = FLAGS.inference_dtype.split(",")
   for impl in FLAGS.impls.split(","):
     base = BrainConfig(scale=FLAGS.scale, implementation=impl)
     print(f"brain: {base.num_neurons} neurons, {base.num_synapses / 1e6:.1f}M synapses, "
           f"{base.ticks_per_token} ticks/token", flush=True)
     for learn in [s == "on" for s in FLAGS.learning.split(",")]:
       for b in batches:
-        done = set()  # (scan unroll, event kernel) already measured for this point
-        for unroll in unrolls:
-          for variant in variants:
-            config = base.replace(tick_unroll=unroll, events_variant=variant)
-            key = (config.scan_unroll(b, jax.default_backend()), _events_variant(config, b))
-            if key in done:  # the same program as an earlier row (e.g. auto = 1 at B > 1)
-              continue
-            done.add(key)
-            try:
-              r = bench_point(config, b, learn, FLAGS.tokens, FLAGS.repeats, FLAGS.profile_dir)
-            except Exception as e:  # a failed point is reported, the others still run
-              print(f"  {impl} B={b} learning={learn} tick_unroll={unroll} events={variant}: "
-                    f"FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
-              gc.collect()
-              continue
-            _report(_with_floor(r, config, bw), out)
+        done = set()  # (scan unroll, event kernel, dtype) already measured for this point
+        for unroll, variant, dtype in itertools.product(unrolls, variants,
+                                                      ["float32"] if learn else dtypes):
+          config = base.replace(tick_unroll=unroll, events_variant=variant)
+          key = (config.scan_unroll(b, jax.default_backend()), _events_variant(config, b),
+                 dtype)
+          if key in done:  # the same program as an earlier row (e.g. auto = 1 at B > 1)
+            continue
+          done.add(key)
+          try:
+            r = bench_point(config, b, learn, FLAGS.tokens, FLAGS.repeats, FLAGS.profile_dir,
+                            dtype)
+          except Exception as e:  # a failed point is reported, the others still run
+            print(f"  {impl} B={b} learning={learn} tick_unroll={unroll} events={variant}: "
+                  f"FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+            gc.collect()
+            continue
+          _report(_with_floor(r, config, bw), out)
   if FLAGS.find_max_batch:
     config = BrainConfig(scale=FLAGS.scale, implementation=FLAGS.impls.split(",")[0])
     fits = find_max_batch(config, FLAGS.max_batch_start, FLAGS.max_batch_limit, out, bw)

@@ -1,7 +1,7 @@
 r"""Generates text from a checkpoint.
 
   python -m experiments.generate --checkpoint runs/tiny --prompt "Once upon a time" \
-      --max_length 50 --temperature 0.8
+      --max_length 50 --temperature 0.8 [--weights_dtype bfloat16]
 
 `--checkpoint` is a checkpoint_step_N directory, or a run (or its checkpoints/) directory
 for the latest one. Prints the prompt followed by the generated text.
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import sys
 
+import jax.numpy as jnp
 from absl import app, flags, logging
 
-from neurogen_jax import checkpoint, corpus
+from neurogen_jax import brain, checkpoint, corpus
 from neurogen_jax import generate as generate_lib
 from neurogen_jax import train as train_lib
 
@@ -24,6 +25,10 @@ _MAX_LENGTH = flags.DEFINE_integer("max_length", 50, "Tokens to generate.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "Sampling temperature; 0 = greedy.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0 = all).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_WEIGHTS_DTYPE = flags.DEFINE_enum(
+    "weights_dtype", "float32", ["float32", "bfloat16"],
+    "dtype of the dense token weights (w_in, embed, w_out) while generating: bfloat16 halves "
+    "their bytes per token (brain.inference_params); the checkpoint is not changed.")
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", str(corpus.cache_root() / "xla"),
     "Directory of compiled XLA programs reused by later runs ('' = off).")
@@ -43,8 +48,11 @@ def main(argv: list[str]) -> None:
           f"{_CHECKPOINT.value}: this checkpoint holds no tokenizer (saved by NeuroGenModel, which "
           "works on token ids); generate from it with NeuroGenModel.generate.")
     state = generate_lib.inference_state(loaded.config, loaded.brain_state)
+    params = loaded.params
+    if _WEIGHTS_DTYPE.value != "float32":
+      params = brain.inference_params(params, jnp.dtype(_WEIGHTS_DTYPE.value))
     text = generate_lib.generate_text(
-        loaded.params, state, loaded.config, loaded.tokenizer, _PROMPT.value,
+        params, state, loaded.config, loaded.tokenizer, _PROMPT.value,
         max_length=_MAX_LENGTH.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
         seed=_SEED.value)
   except (checkpoint.CheckpointError, ValueError) as e:

@@ -114,6 +114,15 @@ def init_state(config: BrainConfig, batch: int) -> BrainState:
   )
 
 
+def inference_params(params: Params, dtype=jnp.bfloat16) -> Params:
+  """params with the dense token weights (w_in, embed, w_out) stored in `dtype`, for
+  generation and evaluation: a step reads all of them once per token (at B = 1 about
+  half of its bytes besides the tiles), so bfloat16 halves that traffic. The dots still
+  accumulate in float32; the tiles keep their dtype. Train with the float32 originals."""
+  return params._replace(w_in=params.w_in.astype(dtype), embed=params.embed.astype(dtype),
+                         w_out=params.w_out.astype(dtype))
+
+
 def init(config: BrainConfig, key: jax.Array, batch: int = 1) -> tuple[Params, BrainState]:
   """Fresh parameters and state for `batch` streams. Deterministic in `key`."""
   return init_params(config, key), init_state(config, batch)
@@ -139,17 +148,16 @@ def _bg_halves(config: BrainConfig) -> tuple[tuple[int, int], tuple[int, int]] |
   return (sl.start, sl.start + half), (sl.start + half, sl.stop)
 
 
-def _tick_taps_NxK(config: BrainConfig, conn: Connectivity, dtype) -> jax.Array:
-  """[N, A + 2] weights that count a tick's spikes from its signed spikes q = s * sign:
-  one column per area, then the Go and No-Go halves of the basal ganglia (zero without
-  that area). Entries are 0 or the sign (+-1), exact in any float dtype, so q @ taps is an
-  exact spike count."""
-  n = config.num_neurons
-  cols = [jax.nn.one_hot(conn.area_N, len(config.areas), dtype=jnp.float32)]
+def _tick_groups_N(config: BrainConfig, conn: Connectivity) -> tuple[jax.Array, int]:
+  """The groups whose spikes the tick counts: ([N] group of each neuron, G). Group a is
+  area a, except the basal ganglia's second (No-Go) half, which is group A (G = A + 1;
+  G = A without that area)."""
+  n_areas = len(config.areas)
   halves = _bg_halves(config)
-  for start, stop in (halves or ((0, 0), (0, 0))):
-    cols.append(_range_mask_N(n, start, stop).astype(jnp.float32)[:, None])
-  return (jnp.concatenate(cols, axis=1) * conn.sign_N[:, None]).astype(dtype)
+  if halves is None:
+    return conn.area_N.astype(jnp.int32), n_areas
+  nogo_N = _range_mask_N(config.num_neurons, *halves[1])
+  return jnp.where(nogo_N, n_areas, conn.area_N).astype(jnp.int32), n_areas + 1
 
 
 def bg_trace_means(config: BrainConfig, tr_BxN: jax.Array) -> jax.Array:
@@ -222,7 +230,9 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   bsz = token_ids_B.shape[0]
 
   x_BxD = params.embed[token_ids_B]
-  drive_BxNin = x_BxD @ params.w_in
+  # In the weights' dtype (bfloat16 with `inference_params`), accumulated in float32.
+  drive_BxNin = jnp.dot(x_BxD.astype(params.w_in.dtype), params.w_in,
+                        preferred_element_type=jnp.float32)
   thal_gate_B = thalamic_gate(config, drive_BxNin, state.neurons.i)
   drive_BxN = jnp.pad(drive_BxNin * thal_gate_B[:, None], ((0, 0), (0, n - n_in)))
   input_gain_PxN = jnp.pad(table.input_gain_PxNin, ((0, 0), (0, n - n_in)))
@@ -235,15 +245,18 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
                          input_gain_PxN, jnp.broadcast_to(table.read_P[:, None], (n_phases, n)),
                          table.learn_PxN, per_neuron(conn.sign_N.astype(jnp.float32))], axis=1)
   # The tick propagates signed spikes q = s * sign in the weights' dtype (the neuron tick
-  # writes them); their counts per area and basal-ganglia half come from q @ taps.
+  # writes them) and counts its spikes per area and basal-ganglia half (groups).
   signed_dtype = params.tiles.dtype
-  taps_NxK = _tick_taps_NxK(config, conn, signed_dtype)
+  group_N, n_groups = _tick_groups_N(config, conn)
   n_areas = len(config.areas)
   area_sizes_A = jnp.asarray(config.area_sizes, jnp.float32)
   halves = _bg_halves(config)
   has_bg = halves is not None
-  half_sizes_2 = jnp.asarray([stop - start for start, stop in halves] if has_bg else [1, 1],
-                             jnp.float32)
+  # [G, A]: group counts -> area counts (both basal-ganglia halves count for that area).
+  group_area_GxA = np.eye(n_groups, n_areas, dtype=np.float32)
+  if has_bg:
+    group_area_GxA[n_areas, config.area_names.index("basal_ganglia")] = 1.0
+    half_sizes_2 = jnp.asarray([stop - start for start, stop in halves], jnp.float32)
   a_t = config.decay(config.tau_trace_ms)
 
   def tick(carry, p):
@@ -260,19 +273,22 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     gate_B = (jnp.where(bg_on > 0, bg_gate_from_means(go_nogo_Bx2), 1.0) if has_bg
               else jnp.ones((bsz,), jnp.float32))
     # Input current, neuron update and the token's sums in one op (one kernel with Pallas).
-    ns, q_BxN, read_BxN, post_BxN, spikes_BxN = neuron_tick(
+    ns, q_BxN, read_BxN, post_BxN, spikes_BxN, counts_BxG = neuron_tick(
         config, ns, prop_BxN, drive_BxN, gate_B, vec_Px6xN[p], acc.read_BxN,
         acc.post_BxN if collect else None, acc.spikes_BxN if collect else None,
-        signed_dtype=signed_dtype)
+        signed_dtype=signed_dtype, group_N=group_N, n_groups=n_groups)
     acc = acc._replace(read_BxN=read_BxN, read_ticks=acc.read_ticks + read)
     if collect:
       acc = acc._replace(post_BxN=post_BxN, spikes_BxN=spikes_BxN,
                          learn_ticks_N=acc.learn_ticks_N + learn_N)
-    # Spike counts per area and basal-ganglia half (exact: q and taps are 0 or +-1). The
+    # Spike counts per area and basal-ganglia half (exact; [G] -> [A] is a static sum). The
     # halves' mean traces follow tr <- a_t tr + s without reading tr.
-    counts_BxK = jnp.dot(q_BxN, taps_NxK, preferred_element_type=jnp.float32)
-    area_rate_A = jnp.mean(counts_BxK[:, :n_areas], axis=0) / area_sizes_A
-    go_nogo_Bx2 = a_t * go_nogo_Bx2 + counts_BxK[:, n_areas:] / half_sizes_2
+    area_rate_A = jnp.dot(jnp.mean(counts_BxG, axis=0), group_area_GxA,
+                          precision=jax.lax.Precision.HIGHEST) / area_sizes_A
+    if has_bg:
+      bg = config.area_names.index("basal_ganglia")
+      go_nogo_Bx2 = a_t * go_nogo_Bx2 + jnp.stack(
+          [counts_BxG[:, bg], counts_BxG[:, n_areas]], axis=1) / half_sizes_2
     raster = ns.s[0, ::raster_stride] if raster_stride else jnp.zeros((0,), ns.s.dtype)
     return (ns, q_BxN, go_nogo_Bx2, acc, jnp.where(bg_on > 0, gate_B, bg_gate_B)), (
         area_rate_A, raster)

@@ -110,8 +110,9 @@ def neuron_step(config: BrainConfig, st: NeuronState, cur_BxN: jax.Array,
 def neuron_tick(config: BrainConfig, st: NeuronState, prop_BxN: jax.Array, drive_BxN: jax.Array,
                 gate_B: jax.Array, vec_6xN: jax.Array, read_BxN: jax.Array,
                 post_BxN: jax.Array | None = None, spikes_BxN: jax.Array | None = None,
-                signed_dtype=jnp.bfloat16
-                ) -> tuple[NeuronState, jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
+                signed_dtype=jnp.bfloat16, group_N: jax.Array | None = None, n_groups: int = 0
+                ) -> tuple[NeuronState, jax.Array, jax.Array, jax.Array | None, jax.Array | None,
+                           jax.Array | None]:
   """One tick of the brain's neurons with its input current and per-token sums.
 
   cur = prop * (gate_B where gate_mask) + drive * gain; the neuron model's step; then
@@ -119,7 +120,10 @@ def neuron_tick(config: BrainConfig, st: NeuronState, prop_BxN: jax.Array, drive
   read += read_weight * tr and, when post/spikes are given, post += psi(x) * learn and
   spikes += s. vec_6xN rows: `neuron_update.TICK_VEC_ROWS` (theta, gate_mask, gain, read,
   learn, sign). ALIF runs it as one op (`ops.alif_tick`: one fused kernel with Pallas).
-  Returns (state, q, read, post, spikes); post and spikes are None when not given.
+  With group_N and n_groups > 0 it also counts the tick's spikes per group (`group_counts`;
+  the Pallas kernel does so as it writes them).
+  Returns (state, q, read, post, spikes, counts_BxG); post and spikes are None when not
+  given, counts when there are no groups.
   """
   if config.neuron_model == "izhikevich":
     theta_N, mask_N, gain_N, read_N, learn_N, sign_N = vec_6xN
@@ -128,9 +132,16 @@ def neuron_tick(config: BrainConfig, st: NeuronState, prop_BxN: jax.Array, drive
     q_BxN = signed_spikes(st.s, sign_N, signed_dtype)
     sums = accumulate(st.tr, st.s, x_BxN, read_N, learn_N, read_BxN, post_BxN, spikes_BxN,
                       config.surrogate_width)
+    counts_BxG = ops.group_counts(st.s, group_N, n_groups) if n_groups else None
   else:
     outs = ops.alif_tick(st.v, st.i, st.a, st.tr, prop_BxN, drive_BxN, gate_B, vec_6xN,
-                         read_BxN, post_BxN, spikes_BxN, **alif_constants(config),
-                         signed_dtype=signed_dtype, implementation=config.implementation)
+                         read_BxN, post_BxN, spikes_BxN, group_N, **alif_constants(config),
+                         signed_dtype=signed_dtype, n_groups=n_groups,
+                         implementation=config.implementation)
+    if n_groups:
+      outs, counts_BxG = outs[:-1], outs[-1]
+    else:
+      counts_BxG = None
     st, q_BxN, sums = NeuronState(*outs[:5]), outs[5], outs[6:]
-  return (st, q_BxN, sums[0]) + ((sums[1], sums[2]) if post_BxN is not None else (None, None))
+  return ((st, q_BxN, sums[0]) + ((sums[1], sums[2]) if post_BxN is not None else (None, None))
+          + (counts_BxG,))

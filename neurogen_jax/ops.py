@@ -21,7 +21,8 @@ from neurogen_jax.pallas import neuron_update as pallas_neuron
 from neurogen_jax.pallas import plasticity as pallas_plasticity
 from neurogen_jax.pallas import propagate as pallas_propagate
 from neurogen_jax.pallas.events import build_fanout
-from neurogen_jax.pallas.neuron_update import alif_tick_reference, alif_update_reference
+from neurogen_jax.pallas.neuron_update import (alif_tick_reference, alif_update_reference,
+                                               group_counts)
 from neurogen_jax.pallas.plasticity import (SynapseRules, SynapseStats, synapse_update_reference,
                                             tile_outer_reference, tile_update_reference)
 from neurogen_jax.pallas.propagate import propagate_reference
@@ -30,7 +31,7 @@ Implementation = Literal["xla", "pallas"]
 
 __all__ = [
     "Implementation", "alif_tick", "alif_tick_reference", "alif_update", "alif_update_reference",
-    "build_fanout", "propagate",
+    "build_fanout", "group_counts", "propagate",
     "propagate_events", "propagate_reference", "SynapseRules", "SynapseStats", "synapse_update",
     "synapse_update_reference", "tile_outer", "tile_outer_reference",
     "tile_update", "tile_update_reference",
@@ -148,17 +149,18 @@ def alif_update(v_BxN: jax.Array, i_BxN: jax.Array, a_BxN: jax.Array, tr_BxN: ja
 def alif_tick(v_BxN: jax.Array, i_BxN: jax.Array, a_BxN: jax.Array, tr_BxN: jax.Array,
               prop_BxN: jax.Array, drive_BxN: jax.Array, gate_B: jax.Array, vec_6xN: jax.Array,
               read_BxN: jax.Array, post_BxN: jax.Array | None = None,
-              spikes_BxN: jax.Array | None = None, *, a_s: float, a_m: float, a_a: float,
-              a_t: float, beta: float, threshold: float, width: float,
-              signed_dtype=jnp.bfloat16, implementation: Implementation = "xla"):
+              spikes_BxN: jax.Array | None = None, group_N: jax.Array | None = None, *,
+              a_s: float, a_m: float, a_a: float, a_t: float, beta: float, threshold: float,
+              width: float, signed_dtype=jnp.bfloat16, n_groups: int = 0,
+              implementation: Implementation = "xla"):
   """The whole ALIF tick: input current, neuron update, the signed spikes to propagate
-  and the per-token sums in one pass -> (v, i, a, tr, s, q, read[, post, spikes]) (see
-  `alif_tick_reference`)."""
+  and the per-token sums in one pass -> (v, i, a, tr, s, q, read[, post, spikes][, counts])
+  (see `alif_tick_reference`; counts_BxG: spikes per group of group_N when n_groups > 0)."""
   _check(implementation)
   kw = dict(a_s=a_s, a_m=a_m, a_a=a_a, a_t=a_t, beta=beta, threshold=threshold, width=width,
-            signed_dtype=signed_dtype)
+            signed_dtype=signed_dtype, n_groups=n_groups)
   args = (v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN, read_BxN,
-          post_BxN, spikes_BxN)
+          post_BxN, spikes_BxN, group_N)
   if implementation == "pallas":
     return pallas_neuron.alif_tick(*args, **kw)
   return alif_tick_reference(*args, **kw)

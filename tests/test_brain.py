@@ -237,3 +237,26 @@ def test_events_variants_drive_the_same_brain(kernels_on_this_device, variant):
     # 0.034 in currents up to 5.4): the allowance scales with the leaf's largest value.
     scale = max(1.0, float(np.max(np.abs(np.asarray(x)), initial=0.0)))
     np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_inference_params_run_the_step_in_bfloat16_close_to_float32(tiny):
+  """`inference_params` stores the token weights in bfloat16 (half the bytes a step reads
+  at B = 1); one step from rest gives logits that track the float32 step's (the rounding
+  of the drive flips a few spikes, so not bit for bit), and the training parameters are
+  untouched."""
+  cfg, params, state = tiny
+  params = params._replace(w_out=jax.random.normal(jax.random.PRNGKey(3), params.w_out.shape))
+  low = brain.inference_params(params)
+  assert (low.w_in.dtype, low.embed.dtype, low.w_out.dtype) == (jnp.bfloat16,) * 3
+  assert low.tiles.dtype == params.tiles.dtype and params.w_in.dtype == jnp.float32
+  tokens = jnp.array([5, 6, 7])
+  _, want, aux = brain.cognitive_step(params, state, tokens, cfg, collect=False)
+  _, got, aux_low = brain.cognitive_step(low, state, tokens, cfg, collect=False)
+  assert got.dtype == jnp.float32
+  spread = float(jnp.std(want))
+  assert spread > 0.1  # the readout is not flat: the comparison means something
+  assert float(jnp.mean(jnp.abs(got - want))) < 0.15 * spread
+  for b in range(3):
+    assert np.corrcoef(np.asarray(got[b]), np.asarray(want[b]))[0, 1] > 0.97
+  np.testing.assert_allclose(np.asarray(aux_low.rates_PxA), np.asarray(aux.rates_PxA),
+                             atol=0.05)

@@ -513,12 +513,49 @@ def test_alif_tick_adds_up_partial_propagation(interpret, k_parts):
     assert_close(g_parts[k:k + 1], g_sum, "float32", 16)
 
 
+@pytest.mark.parametrize("b,n,collect", [(1, 64, False), (3, 48, True), (16, 4096, False)])
+def test_alif_tick_counts_spikes_per_group(interpret, b, n, collect):
+  """With group_N the tick also returns its spikes per group: equal to counting s by hand
+  (n = 48 is padded: the padding counts nowhere; group 5 is empty, and a group id >= G
+  counts nowhere); the other outputs do not change; grads go through the counts."""
+  args = tick_inputs(39, b, n, collect)
+  n_groups = 6
+  group_N = (jnp.arange(n) * 7 // n) % 7  # 0..6 in runs; 6 is outside [0, 6)
+  group_N = jnp.where(group_N == 5, 6, group_N)
+  kw = dict(**ALIF, n_groups=n_groups)
+  for fn in (functools.partial(neuron_update.alif_tick, interpret=interpret),
+             neuron_update.alif_tick_reference):
+    out = fn(*args, group_N=group_N, **kw)
+    plain = fn(*args, **ALIF)
+    assert len(out) == len(plain) + 1
+    for o, p_ in zip(out[:-1], plain, strict=True):
+      np.testing.assert_array_equal(np.asarray(o.astype(jnp.float32)),
+                                    np.asarray(p_.astype(jnp.float32)))
+    s = np.asarray(out[4])
+    want = np.stack([(s * (np.asarray(group_N) == g)).sum(axis=1) for g in range(n_groups)], 1)
+    assert out[-1].shape == (b, n_groups) and out[-1].dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(out[-1]), want)
+    assert want[:, 5].sum() == 0 and want.sum() > 0 and want.sum() < s.sum()
+  probe = jax.random.normal(jax.random.key(40), (b, n_groups))
+  loss = lambda fn: lambda p4: jnp.sum(fn(*args[:4], p4, *args[5:], group_N=group_N,
+                                          **kw)[-1] * probe)
+  got = jax.grad(loss(functools.partial(neuron_update.alif_tick, interpret=interpret)))(args[4])
+  want = jax.grad(loss(neuron_update.alif_tick_reference))(args[4])
+  assert float(jnp.max(jnp.abs(want))) > 0
+  assert_close(got, want, "float32", 16)
+
+
 def test_alif_tick_bad_shapes():
   args = list(tick_inputs(35, 2, 64, True))
   with pytest.raises(ValueError, match="partial sums"):  # [K, N] partials need B = 1
     neuron_update.alif_tick(*args[:4], jnp.zeros((4, 64)), *args[5:], **ALIF, interpret=True)
   with pytest.raises(ValueError, match="both post_BxN and spikes_BxN"):
     neuron_update.alif_tick(*args[:10], **ALIF, interpret=True)
+  with pytest.raises(ValueError, match="n_groups"):
+    neuron_update.alif_tick(*args, group_N=jnp.zeros((64,), jnp.int32), **ALIF, interpret=True)
+  with pytest.raises(ValueError, match="group_N of shape"):
+    neuron_update.alif_tick(*args, group_N=jnp.zeros((63,), jnp.int32), n_groups=2, **ALIF,
+                            interpret=True)
   args[7] = args[7][:5]
   with pytest.raises(ValueError, match="rows"):
     neuron_update.alif_tick(*args, **ALIF, interpret=True)

@@ -202,6 +202,14 @@ def signed_spikes(s, sign, dtype):
   return (s * sign).astype(dtype)
 
 
+def group_counts(s_BxN, group_N, n_groups: int):
+  """[B, G] spikes of each neuron group: s summed over the neurons whose group_N is g
+  (exact: 0/1 spikes, full float32 dot). Neurons with a group outside [0, G) count nowhere."""
+  onehot_NxG = (group_N[:, None] == jnp.arange(n_groups, dtype=group_N.dtype)).astype(jnp.float32)
+  return jnp.dot(s_BxN.astype(jnp.float32), onehot_NxG, precision=jax.lax.Precision.HIGHEST,
+                 preferred_element_type=jnp.float32)
+
+
 def _tick_math(v, i, a, tr, prop, drive, gate, vec, read_acc, post_acc, spk_acc,
                c: AlifConstants, spike_fn, signed_dtype):
   """The tick's arithmetic on [B, N] (reference) or blocks (kernel); vec rows [1, N]."""
@@ -214,8 +222,9 @@ def _tick_math(v, i, a, tr, prop, drive, gate, vec, read_acc, post_acc, spk_acc,
 
 
 def alif_tick_reference(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN,
-                        read_BxN, post_BxN=None, spikes_BxN=None, *, a_s, a_m, a_a, a_t, beta,
-                        threshold, width, signed_dtype=jnp.bfloat16):
+                        read_BxN, post_BxN=None, spikes_BxN=None, group_N=None, *, a_s, a_m,
+                        a_a, a_t, beta, threshold, width, signed_dtype=jnp.bfloat16,
+                        n_groups: int = 0):
   """One ALIF tick with its input composition and per-token sums, in plain jnp.
 
     cur  = prop * (gate_B where gate_mask else 1) + drive * gain
@@ -230,18 +239,29 @@ def alif_tick_reference(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B
   excitatory, -1 inhibitory).
   With one stream (B = 1) prop may be the propagation's K partial sums [K, N]
   (`propagate_events_pallas(partials=True)`): the tick adds them up.
-  Returns (v, i, a, tr, s, q, read[, post, spikes]).
+  group_N (with n_groups = G > 0): each neuron's group in [0, G) (e.g. its brain area); the
+  tick then also returns counts_BxG, this tick's spikes per group (`group_counts`).
+  Returns (v, i, a, tr, s, q, read[, post, spikes][, counts]).
   """
   c = AlifConstants(a_s, a_m, a_a, a_t, beta, threshold, width)
   vec = tuple(vec_6xN[k][None, :] for k in range(len(TICK_VEC_ROWS)))
   if prop_BxN.shape[0] != v_BxN.shape[0]:  # B = 1: the K partial sums of the propagation
     prop_BxN = jnp.sum(prop_BxN, axis=0, keepdims=True)
-  return _tick_math(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B[:, None], vec,
+  outs = _tick_math(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B[:, None], vec,
                     read_BxN, post_BxN, spikes_BxN, c, functools.partial(spike, width=width),
                     jnp.dtype(signed_dtype))
+  if n_groups:
+    outs += (group_counts(outs[4], group_N, n_groups),)
+  return outs
 
 
-def _tick_kernel(*refs, constants: AlifConstants, collect: bool, signed_dtype, partials: bool):
+# Row of the kernel's padded vector input that carries the neuron groups (after the
+# TICK_VEC_ROWS; the rows travel as a power of two anyway).
+_GROUP_ROW = len(TICK_VEC_ROWS)
+
+
+def _tick_kernel(*refs, constants: AlifConstants, collect: bool, signed_dtype, partials: bool,
+                 n_groups: int):
   n_in = 11 if collect else 9
   ins, outs = refs[:n_in], refs[n_in:]
   v, i, a, tr, prop, drive, gate = (r[...] for r in ins[:7])
@@ -252,19 +272,33 @@ def _tick_kernel(*refs, constants: AlifConstants, collect: bool, signed_dtype, p
   rows = tuple(ins[7][k, :][None, :] for k in range(len(TICK_VEC_ROWS)))  # one load per row
   vals = _tick_math(v, i, a, tr, prop, drive, gate[:, None], rows, read, post, spk, constants,
                     lambda x: (x > 0).astype(x.dtype), signed_dtype)
+  if n_groups:  # this block's spikes per group: [block_b, G_pad], one reduction over the block
+    counts_ref = outs[-1]
+    g_pad, block_n = counts_ref.shape[1], v.shape[1]
+    group = ins[7][_GROUP_ROW, :][None, :]
+    ids = jax.lax.broadcasted_iota(jnp.int32, (g_pad, block_n), 0).astype(jnp.float32)
+    onehot = (group == ids).astype(jnp.float32)
+    vals += (jnp.sum(vals[4][:, None, :] * onehot[None], axis=2),)
   for ref, val in zip(outs, vals):
     ref[...] = val
 
 
-def _tick_pallas(args, constants, collect, signed_dtype, interpret):
+def _tick_pallas(args, constants, collect, signed_dtype, n_groups, interpret):
+  if n_groups:  # the groups ride as one more row of the vector input
+    args, group_N = args[:-1], args[-1]
   b, n = args[0].shape
   partials = args[4].shape[0] != b  # B = 1 and prop holds K partial sums
   n_pad, block_b, block_n = _layout(b, n)
   if n_pad != n:  # every [B, N] and the [6, N] rows; gate_B (args[6]) has no N
     args = tuple(z if k == 6 else jnp.pad(z, ((0, 0), (0, n_pad - n))) for k, z in enumerate(args))
-  # Triton blocks must have power-of-2 sizes: the 6 vector rows travel as 8.
-  rows = pl.next_power_of_2(len(TICK_VEC_ROWS))
-  args = args[:7] + (jnp.pad(args[7], ((0, rows - len(TICK_VEC_ROWS)), (0, 0))),) + args[8:]
+  # Triton blocks must have power-of-2 sizes: the 6 vector rows (7 with the groups) travel
+  # as 8. Padded neurons belong to group -1 (counted nowhere).
+  rows = pl.next_power_of_2(len(TICK_VEC_ROWS) + 1)
+  extra = [jnp.zeros((rows - len(TICK_VEC_ROWS), n_pad), jnp.float32)]
+  if n_groups:
+    extra[0] = extra[0].at[0].set(
+        jnp.pad(group_N.astype(jnp.float32), (0, n_pad - n), constant_values=-1.0))
+  args = args[:7] + (jnp.concatenate([args[7]] + extra),) + args[8:]
   spec = pl.BlockSpec((block_b, block_n), lambda bi, ni: (bi, ni))
   prop_spec = spec
   if partials:  # the K partial rows likewise, as the next power of two (zero rows added)
@@ -278,6 +312,12 @@ def _tick_pallas(args, constants, collect, signed_dtype, interpret):
       spec] + ([spec, spec] if collect else [])
   out_dtypes = ([jnp.float32] * 5 + [signed_dtype, jnp.float32]
                 + ([args[9].dtype, args[10].dtype] if collect else []))
+  out_specs = [spec] * len(out_dtypes)
+  out_shape = [jax.ShapeDtypeStruct((b, n_pad), d) for d in out_dtypes]
+  if n_groups:  # each program's [block_b, G_pad] group counts, summed over programs below
+    g_pad = pl.next_power_of_2(n_groups)
+    out_specs.append(pl.BlockSpec((block_b, g_pad), lambda bi, ni: (bi, ni)))
+    out_shape.append(jax.ShapeDtypeStruct((b, n_pad // block_n * g_pad), jnp.float32))
   # In place: v, i, a, tr; s takes prop's buffer (not the [K, N] partials: another shape);
   # the sums stay where they are. q is new (in the brain's tick loop the previous q is
   # dead by then: XLA gives it the same buffer).
@@ -285,33 +325,42 @@ def _tick_pallas(args, constants, collect, signed_dtype, interpret):
              | ({9: 7, 10: 8} if collect else {}))
   outs = pl.pallas_call(
       functools.partial(_tick_kernel, constants=constants, collect=collect,
-                        signed_dtype=signed_dtype, partials=partials),
+                        signed_dtype=signed_dtype, partials=partials, n_groups=n_groups),
       grid=(b // block_b, n_pad // block_n),
       in_specs=in_specs,
-      out_specs=[spec] * len(out_dtypes),
-      out_shape=[jax.ShapeDtypeStruct((b, n_pad), d) for d in out_dtypes],
+      out_specs=out_specs,
+      out_shape=out_shape,
       input_output_aliases=aliases,
       compiler_params=plgpu.CompilerParams(num_warps=_NUM_WARPS, num_stages=1),
       interpret=interpret,
       name="alif_tick",
   )(*args)
-  return tuple(o[:, :n] for o in outs) if n_pad != n else tuple(outs)
+  if n_groups:
+    counts = outs[-1].reshape(b, -1, g_pad).sum(axis=1)[:, :n_groups]
+    outs = outs[:-1]
+  outs = tuple(o[:, :n] for o in outs) if n_pad != n else tuple(outs)
+  return outs + ((counts,) if n_groups else ())
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def _tick(args, constants, collect, signed_dtype, interpret):
-  return _tick_pallas(args, constants, collect, signed_dtype, interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5))
+def _tick(args, constants, collect, signed_dtype, n_groups, interpret):
+  return _tick_pallas(args, constants, collect, signed_dtype, n_groups, interpret)
 
 
-def _tick_fwd(args, constants, collect, signed_dtype, interpret):
-  return _tick_pallas(args, constants, collect, signed_dtype, interpret), args
+def _tick_fwd(args, constants, collect, signed_dtype, n_groups, interpret):
+  return _tick_pallas(args, constants, collect, signed_dtype, n_groups, interpret), args
 
 
-def _tick_bwd(constants, collect, signed_dtype, interpret, args, g):
-  """The reference's vjp (elementwise: XLA fuses it)."""
-  del collect, interpret  # args holds post and spikes exactly when collecting
-  _, vjp = jax.vjp(lambda *xs: alif_tick_reference(*xs, **constants._asdict(),
-                                                   signed_dtype=signed_dtype), *args)
+def _tick_bwd(constants, collect, signed_dtype, n_groups, interpret, args, g):
+  """The reference's vjp (elementwise but for the group counts' small dot)."""
+  del interpret
+  # args holds post and spikes exactly when collecting, the groups last when counting.
+  def ref(*xs):
+    sums = xs[9:11] if collect else (None, None)
+    group = xs[-1] if n_groups else None
+    return alif_tick_reference(*xs[:9], *sums, group, **constants._asdict(),
+                               signed_dtype=signed_dtype, n_groups=n_groups)
+  _, vjp = jax.vjp(ref, *args)
   return (vjp(tuple(g)),)
 
 
@@ -319,15 +368,17 @@ _tick.defvjp(_tick_fwd, _tick_bwd)
 
 
 def alif_tick(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN, read_BxN,
-              post_BxN=None, spikes_BxN=None, *, a_s: float, a_m: float, a_a: float, a_t: float,
-              beta: float, threshold: float, width: float, signed_dtype=jnp.bfloat16,
-              interpret: bool = False):
+              post_BxN=None, spikes_BxN=None, group_N=None, *, a_s: float, a_m: float,
+              a_a: float, a_t: float, beta: float, threshold: float, width: float,
+              signed_dtype=jnp.bfloat16, n_groups: int = 0, interpret: bool = False):
   """Pallas `alif_tick_reference`: the whole neuron tick in one pass over [B, N].
 
   State, prop, drive and read float32 [B, N] (prop: or, with B = 1, its K partial sums
   [K, N], added up in the kernel); gate_B [B]; vec_6xN [6, N] (rows
   TICK_VEC_ROWS); post/spikes [B, N] in their own dtype (bfloat16 in the brain), both or
-  neither. Returns (v, i, a, tr, s, q, read[, post, spikes]) with q = s * sign in
+  neither; group_N [N] with n_groups > 0: the tick also counts its spikes per group, each
+  program reducing its block (no separate pass over s).
+  Returns (v, i, a, tr, s, q, read[, post, spikes][, counts_BxG]) with q = s * sign in
   `signed_dtype`; the state and sums are updated in place where XLA can donate them.
   Differentiable (the reference's vjp).
   """
@@ -347,10 +398,16 @@ def alif_tick(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN,
   if gate_B.shape != (b,) or vec_6xN.shape != (len(TICK_VEC_ROWS), n):
     raise ValueError(f"alif_tick: gate {gate_B.shape} / vec {vec_6xN.shape} must be {(b,)} / "
                      f"{(len(TICK_VEC_ROWS), n)} (rows {TICK_VEC_ROWS}).")
+  if (group_N is None) != (n_groups == 0) or (group_N is not None and group_N.shape != (n,)):
+    raise ValueError(f"alif_tick: give group_N of shape {(n,)} with n_groups > 0 (got "
+                     f"{None if group_N is None else group_N.shape}, n_groups={n_groups}), "
+                     "or neither.")
   constants = AlifConstants(*(float(c) for c in (a_s, a_m, a_a, a_t, beta, threshold, width)))
   f32 = lambda z: z.astype(jnp.float32)
   args = tuple(f32(z) for z in (v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B,
                                 vec_6xN, read_BxN))
   if collect:
     args += (post_BxN, spikes_BxN)
-  return _tick(args, constants, collect, jnp.dtype(signed_dtype), interpret)
+  if n_groups:
+    args += (f32(group_N),)
+  return _tick(args, constants, collect, jnp.dtype(signed_dtype), int(n_groups), interpret)
