@@ -276,7 +276,7 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     ns, q_BxN, read_BxN, post_BxN, spikes_BxN, counts_BxG = neuron_tick(
         config, ns, prop_BxN, drive_BxN, gate_B, vec_Px6xN[p], acc.read_BxN,
         acc.post_BxN if collect else None, acc.spikes_BxN if collect else None,
-        signed_dtype=signed_dtype, group_N=group_N, n_groups=n_groups)
+        signed_dtype=signed_dtype, group_N=group_N, n_groups=n_groups, write_s=False)
     acc = acc._replace(read_BxN=read_BxN, read_ticks=acc.read_ticks + read)
     if collect:
       acc = acc._replace(post_BxN=post_BxN, spikes_BxN=spikes_BxN,
@@ -289,7 +289,9 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
       bg = config.area_names.index("basal_ganglia")
       go_nogo_Bx2 = a_t * go_nogo_Bx2 + jnp.stack(
           [counts_BxG[:, bg], counts_BxG[:, n_areas]], axis=1) / half_sizes_2
-    raster = ns.s[0, ::raster_stride] if raster_stride else jnp.zeros((0,), ns.s.dtype)
+    # ns.s is not written per tick (write_s=False): this tick's spikes are |q|.
+    raster = (jnp.abs(q_BxN[0, ::raster_stride]).astype(ns.s.dtype) if raster_stride
+              else jnp.zeros((0,), ns.s.dtype))
     return (ns, q_BxN, go_nogo_Bx2, acc, jnp.where(bg_on > 0, gate_B, bg_gate_B)), (
         area_rate_A, raster)
 
@@ -305,9 +307,11 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   q0_BxN = signed_spikes(state.neurons.s, conn.sign_N, signed_dtype)
   carry0 = (state.neurons, q0_BxN, bg_trace_means(config, state.neurons.tr), acc0,
             state.bg_gate_B)
-  (ns, _, _, acc, bg_gate_B), (rates_TxA, raster_TxS) = jax.lax.scan(
+  (ns, q_BxN, _, acc, bg_gate_B), (rates_TxA, raster_TxS) = jax.lax.scan(
       tick, carry0, jnp.asarray(phase_T, jnp.int32),
       unroll=config.scan_unroll(bsz, jax.default_backend()))
+  # The last tick's spikes (the ticks do not write s): s = q * sign, exact.
+  ns = ns._replace(s=(q_BxN * conn.sign_N).astype(jnp.float32))
   # Mean rate of each phase: a static [P, T] averaging matrix over the ticks.
   phase_avg_PxT = (np.arange(len(config.phases))[:, None] == phase_T[None, :]).astype(np.float32)
   phase_avg_PxT /= phase_avg_PxT.sum(axis=1, keepdims=True)

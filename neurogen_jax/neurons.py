@@ -110,8 +110,8 @@ def neuron_step(config: BrainConfig, st: NeuronState, cur_BxN: jax.Array,
 def neuron_tick(config: BrainConfig, st: NeuronState, prop_BxN: jax.Array, drive_BxN: jax.Array,
                 gate_B: jax.Array, vec_6xN: jax.Array, read_BxN: jax.Array,
                 post_BxN: jax.Array | None = None, spikes_BxN: jax.Array | None = None,
-                signed_dtype=jnp.bfloat16, group_N: jax.Array | None = None, n_groups: int = 0
-                ) -> tuple[NeuronState, jax.Array, jax.Array, jax.Array | None, jax.Array | None,
+                signed_dtype=jnp.bfloat16, group_N: jax.Array | None = None, n_groups: int = 0,
+                write_s: bool = True) -> tuple[NeuronState, jax.Array, jax.Array, jax.Array | None, jax.Array | None,
                            jax.Array | None]:
   """One tick of the brain's neurons with its input current and per-token sums.
 
@@ -121,7 +121,9 @@ def neuron_tick(config: BrainConfig, st: NeuronState, prop_BxN: jax.Array, drive
   spikes += s. vec_6xN rows: `neuron_update.TICK_VEC_ROWS` (theta, gate_mask, gain, read,
   learn, sign). ALIF runs it as one op (`ops.alif_tick`: one fused kernel with Pallas).
   With group_N and n_groups > 0 it also counts the tick's spikes per group (`group_counts`;
-  the Pallas kernel does so as it writes them).
+  the Pallas kernel does so as it writes them). write_s=False (ALIF): the returned state
+  keeps st.s, not this tick's spikes, which the caller rebuilds as q * sign when it needs
+  them (the kernel then writes 4 bytes per neuron and stream less).
   Returns (state, q, read, post, spikes, counts_BxG); post and spikes are None when not
   given, counts when there are no groups.
   """
@@ -136,12 +138,13 @@ def neuron_tick(config: BrainConfig, st: NeuronState, prop_BxN: jax.Array, drive
   else:
     outs = ops.alif_tick(st.v, st.i, st.a, st.tr, prop_BxN, drive_BxN, gate_B, vec_6xN,
                          read_BxN, post_BxN, spikes_BxN, group_N, **alif_constants(config),
-                         signed_dtype=signed_dtype, n_groups=n_groups,
+                         signed_dtype=signed_dtype, n_groups=n_groups, write_s=write_s,
                          implementation=config.implementation)
     if n_groups:
       outs, counts_BxG = outs[:-1], outs[-1]
     else:
       counts_BxG = None
-    st, q_BxN, sums = NeuronState(*outs[:5]), outs[5], outs[6:]
+    s_BxN = outs[4] if write_s else st.s
+    st, q_BxN, sums = NeuronState(*outs[:4], s_BxN), outs[5], outs[6:]
   return ((st, q_BxN, sums[0]) + ((sums[1], sums[2]) if post_BxN is not None else (None, None))
           + (counts_BxG,))

@@ -151,14 +151,15 @@ def alif_tick(v_BxN: jax.Array, i_BxN: jax.Array, a_BxN: jax.Array, tr_BxN: jax.
               read_BxN: jax.Array, post_BxN: jax.Array | None = None,
               spikes_BxN: jax.Array | None = None, group_N: jax.Array | None = None, *,
               a_s: float, a_m: float, a_a: float, a_t: float, beta: float, threshold: float,
-              width: float, signed_dtype=jnp.bfloat16, n_groups: int = 0,
+              width: float, signed_dtype=jnp.bfloat16, n_groups: int = 0, write_s: bool = True,
               implementation: Implementation = "xla"):
   """The whole ALIF tick: input current, neuron update, the signed spikes to propagate
   and the per-token sums in one pass -> (v, i, a, tr, s, q, read[, post, spikes][, counts])
-  (see `alif_tick_reference`; counts_BxG: spikes per group of group_N when n_groups > 0)."""
+  (see `alif_tick_reference`; counts_BxG: spikes per group of group_N when n_groups > 0;
+  write_s=False: s is None, to be rebuilt as q * sign)."""
   _check(implementation)
   kw = dict(a_s=a_s, a_m=a_m, a_a=a_a, a_t=a_t, beta=beta, threshold=threshold, width=width,
-            signed_dtype=signed_dtype, n_groups=n_groups)
+            signed_dtype=signed_dtype, n_groups=n_groups, write_s=write_s)
   args = (v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN, read_BxN,
           post_BxN, spikes_BxN, group_N)
   if implementation == "pallas":

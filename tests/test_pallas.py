@@ -545,6 +545,47 @@ def test_alif_tick_counts_spikes_per_group(interpret, b, n, collect):
   assert_close(got, want, "float32", 16)
 
 
+@pytest.mark.parametrize("b,n", [(1, 64), (3, 48), (16, 4096)])
+def test_alif_tick_skips_undriven_blocks_unread_sums_and_s(interpret, b, n):
+  """A tick whose read weight is zero leaves the read sum as it was (the kernel neither
+  loads nor stores it: the aliased buffer keeps it), blocks with zero drive gain take no
+  drive (the kernel does not load it), and write_s=False returns None for s, with
+  s = q * sign; everything else equals the reference's."""
+  args = list(tick_inputs(41, b, n, True))
+  vec = args[7]
+  vec = vec.at[neuron_update.TICK_VEC_ROWS.index("read")].set(0.0)
+  vec = vec.at[neuron_update.TICK_VEC_ROWS.index("gain"), n // 4:].set(0.0)  # whole kernel blocks at n = 4096
+  args[7] = vec
+  want = neuron_update.alif_tick_reference(*args, **ALIF)
+  np.testing.assert_array_equal(np.asarray(want[6]), np.asarray(args[8]))
+  for fn in (functools.partial(neuron_update.alif_tick, interpret=interpret),
+             neuron_update.alif_tick_reference):
+    full = fn(*args, **ALIF)
+    lean = fn(*args, **ALIF, write_s=False)
+    assert lean[4] is None and len(lean) == len(full)
+    np.testing.assert_array_equal(np.asarray(full[6]), np.asarray(args[8]))  # read untouched
+    s_from_q = np.asarray(lean[5], np.float32) * np.asarray(vec[neuron_update.TICK_VEC_ROWS.index("sign")])
+    np.testing.assert_array_equal(s_from_q, np.asarray(full[4]))
+    for k, (o, w) in enumerate(zip(full, want, strict=True)):
+      assert_close(o.astype(jnp.float32), w.astype(jnp.float32),
+                   "bfloat16" if w.dtype == jnp.bfloat16 else "float32", 16)
+      if k != 4:
+        np.testing.assert_array_equal(np.asarray(lean[k].astype(jnp.float32)),
+                                      np.asarray(o.astype(jnp.float32)))
+  assert 0.05 < float(jnp.mean(want[4])) < 0.95
+  # The drive reached the driven neurons only: zero it where the gain is zero and nothing
+  # changes; zero it everywhere and the driven quarter changes.
+  quiet = list(args)
+  quiet[5] = args[5].at[:, n // 4:].set(0.0)
+  got = neuron_update.alif_tick(*quiet, **ALIF, interpret=interpret)
+  np.testing.assert_array_equal(np.asarray(got[1]),
+                                np.asarray(neuron_update.alif_tick(*args, **ALIF,
+                                                                   interpret=interpret)[1]))
+  quiet[5] = jnp.zeros_like(args[5])
+  moved = neuron_update.alif_tick(*quiet, **ALIF, interpret=interpret)[1] - got[1]
+  assert float(jnp.max(jnp.abs(moved[:, :n // 4]))) > 0.01
+
+
 def test_alif_tick_bad_shapes():
   args = list(tick_inputs(35, 2, 64, True))
   with pytest.raises(ValueError, match="partial sums"):  # [K, N] partials need B = 1

@@ -224,7 +224,7 @@ def _tick_math(v, i, a, tr, prop, drive, gate, vec, read_acc, post_acc, spk_acc,
 def alif_tick_reference(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN,
                         read_BxN, post_BxN=None, spikes_BxN=None, group_N=None, *, a_s, a_m,
                         a_a, a_t, beta, threshold, width, signed_dtype=jnp.bfloat16,
-                        n_groups: int = 0):
+                        n_groups: int = 0, write_s: bool = True):
   """One ALIF tick with its input composition and per-token sums, in plain jnp.
 
     cur  = prop * (gate_B where gate_mask else 1) + drive * gain
@@ -241,6 +241,7 @@ def alif_tick_reference(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B
   (`propagate_events_pallas(partials=True)`): the tick adds them up.
   group_N (with n_groups = G > 0): each neuron's group in [0, G) (e.g. its brain area); the
   tick then also returns counts_BxG, this tick's spikes per group (`group_counts`).
+  write_s=False returns None for s (a caller that propagates q has s = q * sign).
   Returns (v, i, a, tr, s, q, read[, post, spikes][, counts]).
   """
   c = AlifConstants(a_s, a_m, a_a, a_t, beta, threshold, width)
@@ -252,6 +253,8 @@ def alif_tick_reference(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B
                     jnp.dtype(signed_dtype))
   if n_groups:
     outs += (group_counts(outs[4], group_N, n_groups),)
+  if not write_s:
+    outs = outs[:4] + (None,) + outs[5:]
   return outs
 
 
@@ -261,29 +264,45 @@ _GROUP_ROW = len(TICK_VEC_ROWS)
 
 
 def _tick_kernel(*refs, constants: AlifConstants, collect: bool, signed_dtype, partials: bool,
-                 n_groups: int):
+                 n_groups: int, write_s: bool):
   n_in = 11 if collect else 9
   ins, outs = refs[:n_in], refs[n_in:]
-  v, i, a, tr, prop, drive, gate = (r[...] for r in ins[:7])
+  v, i, a, tr, prop = (r[...] for r in ins[:5])
+  gate = ins[6][...]
   if partials:  # [K, block_n] partial sums of one stream's propagation
     prop = jnp.sum(prop, axis=0, keepdims=True)
-  read = ins[8][...]
-  post, spk = (ins[9][...], ins[10][...]) if collect else (None, None)
   rows = tuple(ins[7][k, :][None, :] for k in range(len(TICK_VEC_ROWS)))  # one load per row
+  gain, read_w = rows[TICK_VEC_ROWS.index("gain")], rows[TICK_VEC_ROWS.index("read")]
+  # Most ticks drive only some areas and read none: a block whose drive gain (read weight)
+  # is all zero does not load the drive (nor load and store its read sum, which its
+  # aliased buffer keeps): the same sums, fewer bytes.
+  zeros = lambda: jnp.zeros(v.shape, jnp.float32)
+  driven = jnp.max(jnp.abs(gain)) > 0
+  drive = jax.lax.cond(driven, lambda: ins[5][...], zeros)
+  reading = jnp.max(jnp.abs(read_w)) > 0
+  read = jax.lax.cond(reading, lambda: ins[8][...], zeros)
+  post, spk = (ins[9][...], ins[10][...]) if collect else (None, None)
   vals = _tick_math(v, i, a, tr, prop, drive, gate[:, None], rows, read, post, spk, constants,
                     lambda x: (x > 0).astype(x.dtype), signed_dtype)
   if n_groups:  # this block's spikes per group: [block_b, G_pad], one reduction over the block
-    counts_ref = outs[-1]
-    g_pad, block_n = counts_ref.shape[1], v.shape[1]
+    g_pad, block_n = outs[-1].shape[1], v.shape[1]
     group = ins[7][_GROUP_ROW, :][None, :]
     ids = jax.lax.broadcasted_iota(jnp.int32, (g_pad, block_n), 0).astype(jnp.float32)
     onehot = (group == ids).astype(jnp.float32)
     vals += (jnp.sum(vals[4][:, None, :] * onehot[None], axis=2),)
-  for ref, val in zip(outs, vals):
-    ref[...] = val
+  if not write_s:  # s = q * sign: the caller rebuilds it when it needs it
+    vals = vals[:4] + vals[5:]
+  read_at = 6 if write_s else 5  # v, i, a, tr, [s,] q, read, ...
+  for k, (ref, val) in enumerate(zip(outs, vals, strict=True)):
+    if k == read_at:
+      @pl.when(reading)
+      def _store_read(ref=ref, val=val):
+        ref[...] = val
+    else:
+      ref[...] = val
 
 
-def _tick_pallas(args, constants, collect, signed_dtype, n_groups, interpret):
+def _tick_pallas(args, constants, collect, signed_dtype, n_groups, write_s, interpret):
   if n_groups:  # the groups ride as one more row of the vector input
     args, group_N = args[:-1], args[-1]
   b, n = args[0].shape
@@ -310,7 +329,7 @@ def _tick_pallas(args, constants, collect, signed_dtype, n_groups, interpret):
       pl.BlockSpec((block_b,), lambda bi, ni: (bi,)),
       pl.BlockSpec((rows, block_n), lambda bi, ni: (0, ni)),
       spec] + ([spec, spec] if collect else [])
-  out_dtypes = ([jnp.float32] * 5 + [signed_dtype, jnp.float32]
+  out_dtypes = ([jnp.float32] * (5 if write_s else 4) + [signed_dtype, jnp.float32]
                 + ([args[9].dtype, args[10].dtype] if collect else []))
   out_specs = [spec] * len(out_dtypes)
   out_shape = [jax.ShapeDtypeStruct((b, n_pad), d) for d in out_dtypes]
@@ -319,13 +338,16 @@ def _tick_pallas(args, constants, collect, signed_dtype, n_groups, interpret):
     out_specs.append(pl.BlockSpec((block_b, g_pad), lambda bi, ni: (bi, ni)))
     out_shape.append(jax.ShapeDtypeStruct((b, n_pad // block_n * g_pad), jnp.float32))
   # In place: v, i, a, tr; s takes prop's buffer (not the [K, N] partials: another shape);
-  # the sums stay where they are. q is new (in the brain's tick loop the previous q is
-  # dead by then: XLA gives it the same buffer).
-  aliases = ({0: 0, 1: 1, 2: 2, 3: 3, 8: 6} | ({} if partials else {4: 4})
-             | ({9: 7, 10: 8} if collect else {}))
+  # the sums stay where they are (the read sum must: a tick that reads nothing does not
+  # store it). q is new (in the brain's tick loop the previous q is dead by then: XLA gives
+  # it the same buffer).
+  o = 0 if write_s else -1  # output positions after s move down by one without it
+  aliases = ({0: 0, 1: 1, 2: 2, 3: 3, 8: 6 + o} | ({} if partials or not write_s else {4: 4})
+             | ({9: 7 + o, 10: 8 + o} if collect else {}))
   outs = pl.pallas_call(
       functools.partial(_tick_kernel, constants=constants, collect=collect,
-                        signed_dtype=signed_dtype, partials=partials, n_groups=n_groups),
+                        signed_dtype=signed_dtype, partials=partials, n_groups=n_groups,
+                        write_s=write_s),
       grid=(b // block_b, n_pad // block_n),
       in_specs=in_specs,
       out_specs=out_specs,
@@ -338,20 +360,23 @@ def _tick_pallas(args, constants, collect, signed_dtype, n_groups, interpret):
   if n_groups:
     counts = outs[-1].reshape(b, -1, g_pad).sum(axis=1)[:, :n_groups]
     outs = outs[:-1]
-  outs = tuple(o[:, :n] for o in outs) if n_pad != n else tuple(outs)
+  outs = tuple(z[:, :n] for z in outs) if n_pad != n else tuple(outs)
+  if not write_s:
+    outs = outs[:4] + (None,) + outs[4:]
   return outs + ((counts,) if n_groups else ())
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5))
-def _tick(args, constants, collect, signed_dtype, n_groups, interpret):
-  return _tick_pallas(args, constants, collect, signed_dtype, n_groups, interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5, 6))
+def _tick(args, constants, collect, signed_dtype, n_groups, write_s, interpret):
+  return _tick_pallas(args, constants, collect, signed_dtype, n_groups, write_s, interpret)
 
 
-def _tick_fwd(args, constants, collect, signed_dtype, n_groups, interpret):
-  return _tick_pallas(args, constants, collect, signed_dtype, n_groups, interpret), args
+def _tick_fwd(args, constants, collect, signed_dtype, n_groups, write_s, interpret):
+  return (_tick_pallas(args, constants, collect, signed_dtype, n_groups, write_s, interpret),
+          args)
 
 
-def _tick_bwd(constants, collect, signed_dtype, n_groups, interpret, args, g):
+def _tick_bwd(constants, collect, signed_dtype, n_groups, write_s, interpret, args, g):
   """The reference's vjp (elementwise but for the group counts' small dot)."""
   del interpret
   # args holds post and spikes exactly when collecting, the groups last when counting.
@@ -359,7 +384,7 @@ def _tick_bwd(constants, collect, signed_dtype, n_groups, interpret, args, g):
     sums = xs[9:11] if collect else (None, None)
     group = xs[-1] if n_groups else None
     return alif_tick_reference(*xs[:9], *sums, group, **constants._asdict(),
-                               signed_dtype=signed_dtype, n_groups=n_groups)
+                               signed_dtype=signed_dtype, n_groups=n_groups, write_s=write_s)
   _, vjp = jax.vjp(ref, *args)
   return (vjp(tuple(g)),)
 
@@ -370,14 +395,17 @@ _tick.defvjp(_tick_fwd, _tick_bwd)
 def alif_tick(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN, read_BxN,
               post_BxN=None, spikes_BxN=None, group_N=None, *, a_s: float, a_m: float,
               a_a: float, a_t: float, beta: float, threshold: float, width: float,
-              signed_dtype=jnp.bfloat16, n_groups: int = 0, interpret: bool = False):
+              signed_dtype=jnp.bfloat16, n_groups: int = 0, write_s: bool = True,
+              interpret: bool = False):
   """Pallas `alif_tick_reference`: the whole neuron tick in one pass over [B, N].
 
   State, prop, drive and read float32 [B, N] (prop: or, with B = 1, its K partial sums
   [K, N], added up in the kernel); gate_B [B]; vec_6xN [6, N] (rows
   TICK_VEC_ROWS); post/spikes [B, N] in their own dtype (bfloat16 in the brain), both or
   neither; group_N [N] with n_groups > 0: the tick also counts its spikes per group, each
-  program reducing its block (no separate pass over s).
+  program reducing its block (no separate pass over s). write_s=False: s is not written
+  (None in its place; s = q * sign): 4 bytes per neuron and stream less per tick. A block
+  whose drive gain (read weight) is zero this tick skips the drive (the read sum).
   Returns (v, i, a, tr, s, q, read[, post, spikes][, counts_BxG]) with q = s * sign in
   `signed_dtype`; the state and sums are updated in place where XLA can donate them.
   Differentiable (the reference's vjp).
@@ -410,4 +438,5 @@ def alif_tick(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN,
     args += (post_BxN, spikes_BxN)
   if n_groups:
     args += (f32(group_N),)
-  return _tick(args, constants, collect, jnp.dtype(signed_dtype), int(n_groups), interpret)
+  return _tick(args, constants, collect, jnp.dtype(signed_dtype), int(n_groups), bool(write_s),
+               interpret)
