@@ -27,16 +27,18 @@ def corpus_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("plays")
   rng = np.random.default_rng(0)
   names = [f"play_{i:02d}_gut.txt" for i in range(corpus.NUM_TEXTS - len(corpus.HELDOUT_NAMES))]
-  # Two lines a play: 760 training tokens, so two passes are 23 chunks of 8 x 8 (six lines
-  # made 69 chunks). Measured: the two-pass model 0.61 bits/byte against the unigram's 2.20
-  # (needs < 2.10); with six lines about 0.5 against 1.86.
+  # Two lines a play: the tokenizer's text (760 tokens) and the held-out plays. The run
+  # trains on extra/ (--train_files): 24 lines and a Latin-1 line, 291 tokens.
   for name in names + list(corpus.HELDOUT_NAMES):
     (d / name).write_text(_play(rng, 2), encoding="utf-8")
   extra = tmp_path_factory.mktemp("extra")
-  (extra / "more.txt").write_text(_play(rng, 40), encoding="utf-8")
+  (extra / "more.txt").write_text(_play(rng, 24), encoding="utf-8")
   (extra / "empty.txt").write_text("", encoding="utf-8")
   (extra / "latin1.txt").write_bytes("caf\xe9 the king sleeps.\n".encode("latin-1"))
   return d, extra
+
+
+MAX_TOKENS = 384  # 6 chunks of 8 x 8
 
 
 def _learn(tmp_path, corpus_dir, *args):
@@ -51,13 +53,20 @@ def _learn(tmp_path, corpus_dir, *args):
 
 @pytest.mark.slow
 def test_passes_and_train_files(tmp_path, corpus_dir):
+  """One run for the three flags: --train_files replaces the training stream, --passes=2
+  repeats it and --max_tokens stops inside the second pass, where one pass could not get
+  to (one pass: 4 chunks, 256 tokens; two whole passes: 9 chunks)."""
   plays, extra = corpus_dir
-  two, _ = _learn(tmp_path / "two", plays, "--passes=2")
-  # Two passes train on twice the stream (minus what does not fill a last chunk).
-  assert two["timings"]["tokens_trained"] > 1.8 * two["train_tokens"]
-  uni = {r["name"]: r["bits_per_byte"] for r in two["rows"]}["unigram (add-one)"]
-  assert two["model"]["bits_per_byte"] < uni - 0.1, (two["model"], uni)
-  own, log = _learn(tmp_path / "files", plays, f"--train_files={extra}/*.txt", "--max_tokens=256")
+  out, log = _learn(tmp_path, plays, f"--train_files={extra}/*.txt", "--passes=2",
+                    f"--max_tokens={MAX_TOKENS}")
   assert "2 documents from 3 files (1 empty skipped)" in log and "bytes replaced" in log
-  assert own["train_tokens"] != two["train_tokens"]  # (the plays' stream)
-  assert own["train_tokens"] > 256 and own["timings"]["tokens_trained"] == 256  # --max_tokens
+  # The training stream is the files' (its token count as the log reports it), not the plays'.
+  files_tokens = int(log.split("(1 empty skipped), ")[1].split(" tokens")[0].replace(",", ""))
+  assert out["train_tokens"] == files_tokens
+  # Two passes: more tokens trained than the stream holds; --max_tokens: exactly as many as
+  # asked (a multiple of B x L = 64).
+  assert files_tokens < MAX_TOKENS < 2 * files_tokens  # inside the second pass
+  assert out["timings"]["tokens_trained"] == MAX_TOKENS and out["timings"]["stopped"] == "max_tokens"
+  # It learns: the held-out plays (the same grammar) beat the unigram of the training stream.
+  uni = {r["name"]: r["bits_per_byte"] for r in out["rows"]}["unigram (add-one)"]
+  assert out["model"]["bits_per_byte"] < uni - 0.1, (out["model"], uni)
