@@ -4,6 +4,9 @@ Runs the tiny config for a few chunks on local files of every supported format: 
 writes checkpoints, metrics and TensorBoard events; resumes exactly; saves on SIGINT;
 fine-tunes with --init_from; generates; plots. Compiled programs are shared between the
 subprocesses through a persistent compilation cache, so only the first run compiles.
+Each run starts a process (seconds of imports and set-up, whatever it trains), so runs
+are shared: module fixtures whose one run several tests check (straight, finetuned,
+two_processes).
 """
 
 import json
@@ -152,37 +155,55 @@ def test_train_writes_checkpoints_metrics_and_events(straight):
   assert "rate/broca" in events and "plasticity/dopamine" in events
 
 
-def test_resume_is_exact(tmp_path, straight, env, data_dir):
-  run_dir = tmp_path / "resumed"
-  # 3 chunks (config given by path), stop; then the same run to 6 (config by name).
-  check(run_cli("experiments.train",
-                train_args(data_dir, run_dir, 3, config="experiments/configs/tiny.py"), env))
-  assert checkpoint.latest_checkpoint(run_dir / "checkpoints").step == 3
-  second = check(run_cli("experiments.train", train_args(data_dir, run_dir, 6), env))
-  assert "Resumed from" in second.stderr and "(step 3, 192 tokens)" in second.stderr
-  assert [c.step for c in checkpoint.list_checkpoints(run_dir / "checkpoints")] == [4, 6]  # keep 2
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory, straight, env, data_dir):
+  """Straight's run (config by name) as a crash after its checkpoint at step 2 would leave
+  it: its later checkpoints gone, their metrics and events still there. The same run
+  (config given by path, all checkpoints kept) resumes from step 2 and is stopped by
+  SIGINT, sent once it has logged step 6. (run_dir, CompletedProcess)"""
+  run_dir = tmp_path_factory.mktemp("resumed")
+  shutil.copytree(straight, run_dir, dirs_exist_ok=True)
+  for step in (4, 6):
+    shutil.rmtree(run_dir / "checkpoints" / f"checkpoint_step_{step}")
+    (run_dir / "checkpoints" / f"checkpoint_step_{step}.json").unlink()
+  assert checkpoint.latest_checkpoint(run_dir / "checkpoints").step == 2
+  args = train_args(data_dir, run_dir, 1000, config="experiments/configs/tiny.py", keep=0)
+  return run_dir, run_until_signal(args, env, signal.SIGINT, after_step=6)
 
-  resumed, rng_resumed = restore_all(run_dir / "checkpoints" / "checkpoint_step_6")
+
+def test_resume_is_exact(resumed, straight):
+  # Up to step 6 the resumed run must come out bit for bit as the straight one. (A run
+  # stopped by max_chunks off the checkpoint interval is saved all the same:
+  # test_python_api_with_dataset_and_log_callback.)
+  run_dir, second = resumed
+  assert second.returncode == 0, second.stderr
+  assert "Resumed from" in second.stderr and "(step 2, 128 tokens)" in second.stderr
+  last = checkpoint.latest_checkpoint(run_dir / "checkpoints").step  # where SIGINT stopped it
+  assert last >= 6
+  assert [c.step for c in checkpoint.list_checkpoints(run_dir / "checkpoints")] == (
+      list(range(2, last, 2)) + [last])  # the copied 2, then every 2nd chunk and the last
+
+  resumed_ts, rng_resumed = restore_all(run_dir / "checkpoints" / "checkpoint_step_6")
   direct, rng_direct = restore_all(straight / "checkpoints" / "checkpoint_step_6")
   leaves = jax.tree_util.tree_flatten_with_path(direct)[0]
-  differing = [jax.tree_util.keystr(path) for (path, a), b in zip(leaves, jax.tree.leaves(resumed))
+  differing = [jax.tree_util.keystr(path) for (path, a), b in zip(leaves, jax.tree.leaves(resumed_ts))
                if np.asarray(a).tobytes() != np.asarray(b).tobytes()]
   assert not differing, f"resumed run differs from the straight run in {differing}"
   np.testing.assert_array_equal(rng_resumed, rng_direct)
   assert (checkpoint.read_data_state(run_dir / "checkpoints" / "checkpoint_step_6")
           == checkpoint.read_data_state(straight / "checkpoints" / "checkpoint_step_6"))
-  # The log goes on where the checkpoint was; the interval 5-6 is the same as straight.
+  # The log goes on where the checkpoint was (the records after it, of the lost chunks,
+  # dropped); the intervals 3-4 and 5-6 are the same as straight's.
   records = metrics(run_dir)
-  assert [r["step"] for r in records] == [2, 4, 6]
-  assert records[-1]["loss"] == metrics(straight)[-1]["loss"]
+  assert [r["step"] for r in records] == list(range(2, last + 1, 2))
+  assert [r["loss"] for r in records[:3]] == [r["loss"] for r in metrics(straight)]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, env, data_dir, signum):
-  run_dir = tmp_path / "interrupted"
-  args = train_args(data_dir, run_dir, 1000) + ["--config.train.log_interval=1"]
-  proc = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO, env=env,
-                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+def run_until_signal(args, env, signum, after_step=2, stdin=subprocess.DEVNULL):
+  """Runs `python -m experiments.train ARGS`, sends it `signum` once it has logged step
+  `after_step` and waits for it to exit: a CompletedProcess."""
+  proc = subprocess.Popen([sys.executable, "-m", "experiments.train", *map(str, args)], cwd=REPO,
+                          env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
   watchdog = threading.Timer(240, proc.kill)
   watchdog.start()
@@ -190,28 +211,64 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, env, data_dir, si
     lines = []
     for line in proc.stderr:
       lines.append(line)
-      if line.startswith("step 2 |"):
+      if line.startswith(f"step {after_step} |"):
         proc.send_signal(signum)
         break
-    rest = proc.communicate()[1]
+    stdout, rest = proc.communicate()
   finally:
     watchdog.cancel()
-  stderr = "".join(lines) + rest
-  assert proc.returncode == 0, stderr
+  return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, "".join(lines) + rest)
+
+
+def stopped_by_signal(proc, signum, run_dir):
+  """Checks that the run exited cleanly on `signum` and saved a checkpoint where it stopped;
+  the step."""
+  assert proc.returncode == 0, proc.stderr
   name = signal.Signals(signum).name
-  stopped = [line for line in stderr.splitlines() if line.startswith(f"{name}: stopped at step")]
-  assert stopped, stderr
+  stopped = [line for line in proc.stderr.splitlines()
+             if line.startswith(f"{name}: stopped at step")]
+  assert stopped, proc.stderr
   step = int(stopped[0].split("step ")[1].split(";")[0])
-  assert 2 <= step < 1000
+  assert 2 <= step < 1000, proc.stderr
   latest = checkpoint.latest_checkpoint(run_dir / "checkpoints")
   assert latest.step == step and checkpoint.read_metadata(latest.path)["tokens"] == step * 64
+  return step
 
 
-def test_finetune_from_another_run(tmp_path, straight, env, data_dir):
-  run_dir = tmp_path / "finetuned"
-  args = train_args(data_dir, run_dir, 2) + [f"--init_from={straight}", "--config.seed=1",
-                                             "--config.train.learning_rate=0.003"]
-  proc = check(run_cli("experiments.train", args, env))
+@pytest.mark.parametrize("signum, run", [(signal.SIGINT, "resumed"), (signal.SIGTERM, "finetuned")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_a_checkpoint_and_exits_cleanly(request, signum, run):
+  # The runs of two fixtures were stopped so: the resumed one by SIGINT, the fine-tuning
+  # one by SIGTERM.
+  run_dir, proc = request.getfixturevalue(run)
+  stopped_by_signal(proc, signum, run_dir)
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, straight, env, data_dir):
+  """A fine-tuning run (--init_from=straight, --config.seed=1, a learning rate of its own)
+  started on a terminal in a run directory that already holds a run with checkpoints (a
+  copy of straight's), where the question "Load checkpoint?" is answered "n": the earlier
+  run is moved aside and the new one starts afresh, from straight's weights. It runs
+  until SIGTERM, sent once it has logged step 2, keeping all its checkpoints.
+  (run_dir, CompletedProcess)"""
+  run_dir = tmp_path_factory.mktemp("finetuned")
+  shutil.copytree(straight, run_dir, dirs_exist_ok=True)  # a run with checkpoints to ask about
+  args = train_args(data_dir, run_dir, 1000, keep=0) + [
+      f"--init_from={straight}", "--config.seed=1", "--config.train.learning_rate=0.003"]
+  controller, terminal = pty.openpty()
+  try:
+    os.write(controller, b"n\n")
+    proc = run_until_signal(args, env, signal.SIGTERM, stdin=terminal)
+  finally:
+    os.close(terminal)
+    os.close(controller)
+  return run_dir, proc
+
+
+def test_finetune_from_another_run(finetuned, straight):
+  run_dir, proc = finetuned
+  assert proc.returncode == 0, proc.stderr
   assert "Fine-tuning from" in proc.stderr
   tuned, _ = restore_all(run_dir / "checkpoints" / "checkpoint_step_2")
   source, _ = restore_all(straight / "checkpoints" / "checkpoint_step_6")
@@ -226,12 +283,19 @@ def test_finetune_from_another_run(tmp_path, straight, env, data_dir):
 
 
 def test_generate_cli(straight, env):
-  args = ["--checkpoint", straight, "--prompt", "The cat", "--max_length", "12",
-          "--temperature", "0.8", "--seed", "3"]
+  # (The shapes of test_generate_library's sampling, whose program this run compiles.)
+  args = ["--checkpoint", straight, "--prompt", "The cat", "--max_length", "10",
+          "--temperature", "0.8", "--top_k", "5", "--seed", "3"]
   first = check(run_cli("experiments.generate", args, env))
   assert first.stdout.startswith("The cat") and len(first.stdout) > len("The cat\n")
-  assert check(run_cli("experiments.generate", args, env)).stdout == first.stdout  # seeded
-  bad = run_cli("experiments.generate", args[:-4] + ["--temperature", "-1"], env)
+  # Seeded: the CLI prints what the library draws with the same seed in another process
+  # (this one), so a second run of the CLI would print it again.
+  loaded = checkpoint.load_brain(straight)
+  state = generate_lib.inference_state(loaded.config, loaded.brain_state)
+  again = generate_lib.generate_text(loaded.params, state, loaded.config, loaded.tokenizer,
+                                     "The cat", max_length=10, temperature=0.8, top_k=5, seed=3)
+  assert first.stdout == "The cat" + again + "\n"
+  bad = run_cli("experiments.generate", args[:-6] + ["--temperature", "-1"], env)
   assert bad.returncode == 1 and "temperature must be a finite number >= 0" in bad.stderr
 
 
@@ -308,36 +372,35 @@ def test_plot_cli(straight, env, tmp_path):
   assert 0.002 < rate < 0.2, [int(r.sum()) for r in per_token]  # alive over the text
 
 
-def test_python_api_with_dataset_and_log_callback(tmp_path, env):
-  script = """
-import json, sys
-from experiments.configs import tiny
-from neurogen_jax.train import Trainer
-config = tiny.get_config()
-config.run_dir, config.train.max_chunks = sys.argv[1], int(sys.argv[2])
-config.train.log_interval, config.train.checkpoint_interval = 1, 2
-texts = ["Alpha beta gamma delta. " * 20, "", "Second document; with more words. " * 10]
-calls = []
-trainer = Trainer(config, dataset=texts, log_callback=lambda *a: calls.append(a))
-result = trainer.train()
-print(json.dumps({"calls": calls, "step": result.step, "stopped": result.stopped}))
-"""
-  def run_script(max_chunks):
-    return check(subprocess.run([sys.executable, "-c", script, tmp_path, str(max_chunks)], cwd=REPO,
-                                env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                timeout=300))
+def test_python_api_with_dataset_and_log_callback(tmp_path, capfd):
+  # In this process (like tests/test_reliability.py): a Trainer on a list of texts runs to
+  # 2 chunks; a second Trainer on the same run directory resumes it from its checkpoint
+  # (resuming in a new process: test_resume_is_exact).
+  from experiments.configs import tiny  # pylint: disable=g-import-not-at-top
+  texts = ["Alpha beta gamma delta. " * 20, "", "Second document; with more words. " * 10]
 
-  first = run_script(2)
-  out = json.loads(first.stdout)
-  assert (out["step"], out["stopped"]) == (2, "max_chunks")
-  assert [c[0] for c in out["calls"]] == [1, 2]
-  for step, loss, stats in out["calls"]:
+  def run(max_chunks):
+    config = tiny.get_config()
+    config.run_dir, config.train.max_chunks = str(tmp_path), max_chunks
+    config.train.log_interval, config.train.checkpoint_interval = 1, 2
+    calls = []
+    result = train_lib.Trainer(config, dataset=texts,
+                               log_callback=lambda *a: calls.append(a)).train()
+    return calls, result, capfd.readouterr().err
+
+  calls, result, stderr = run(2)
+  assert (result.step, result.stopped) == (2, "max_chunks") and "Resumed from" not in stderr
+  assert [c[0] for c in calls] == [1, 2]
+  for step, loss, stats in calls:
     assert loss == stats["loss"] and 0.5 < loss < math.log(257)
     assert stats["tokens"] == step * TOKENS_PER_CHUNK
     assert {"bits_per_byte", "accuracy", "rate/broca", "plasticity/dopamine"} <= set(stats)
-  second = run_script(3)
-  assert "Resumed from" in second.stderr
-  assert [c[0] for c in json.loads(second.stdout)["calls"]] == [3]
+  calls, result, stderr = run(3)
+  assert "Resumed from" in stderr and "(step 2, 128 tokens)" in stderr
+  assert (result.step, result.stopped) == (3, "max_chunks")
+  assert [c[0] for c in calls] == [3] and calls[0][2]["tokens"] == 3 * TOKENS_PER_CHUNK
+  # The last chunk (off the checkpoint interval) was saved all the same.
+  assert checkpoint.latest_checkpoint(tmp_path / "checkpoints").step == 3
 
 
 def test_offline_hub_error_is_fast_and_clear(tmp_path, env):
@@ -380,24 +443,20 @@ def test_config_names_resolve_to_files():
     train_main.config_argv(["prog", "--config=common"])
 
 
-@pytest.mark.slow
-def test_terminal_asks_before_loading(tmp_path, straight, env, data_dir):
-  shutil.copytree(straight, tmp_path, dirs_exist_ok=True)  # a run with checkpoints to ask about
-  controller, terminal = pty.openpty()
-  try:
-    os.write(controller, b"n\n")
-    proc = run_cli("experiments.train", train_args(data_dir, tmp_path, 2), env, stdin=terminal)
-  finally:
-    os.close(terminal)
-    os.close(controller)
-  check(proc)
+def test_terminal_asks_before_loading(finetuned):
+  # The fine-tuning run was started on a terminal in a copy of straight's run, answering "n".
+  run_dir, proc = finetuned
+  assert proc.returncode == 0, proc.stderr
   assert "Load checkpoint? (y/n)" in proc.stdout
   assert "Starting afresh" in proc.stderr
-  archived = [p for p in tmp_path.iterdir() if p.name.startswith("previous-")]
+  archived = [p for p in run_dir.iterdir() if p.name.startswith("previous-")]
   assert len(archived) == 1
   assert checkpoint.latest_checkpoint(archived[0] / "checkpoints").step == 6
-  assert checkpoint.latest_checkpoint(tmp_path / "checkpoints").step == 2
-  assert [r["step"] for r in metrics(tmp_path)] == [2]  # the new run's log only
+  assert [r["step"] for r in metrics(archived[0])] == [2, 4, 6]  # moved aside whole
+  # The new run's checkpoints and log only, from step 2 to where SIGTERM stopped it.
+  steps = [c.step for c in checkpoint.list_checkpoints(run_dir / "checkpoints")]
+  assert steps[0] == 2 and steps == list(range(2, steps[-1], 2)) + [steps[-1]]
+  assert [r["step"] for r in metrics(run_dir)] == list(range(2, steps[-1] + 1, 2))
 
 
 def test_configs_build_their_brains():
@@ -419,28 +478,6 @@ def test_configs_build_their_brains():
   small.brain.phase_ticks = (1, 2)
   with pytest.raises(train_lib.ConfigError, match="phase_ticks needs 5 tick counts"):
     train_lib.brain_config_from(small, 257)
-
-
-@pytest.mark.slow
-def test_sentencepiece_tokenizer_is_trained_saved_and_reloaded(tmp_path, env, data_dir):
-  first = tmp_path / "trained"
-  args = train_args(data_dir, first, 2) + ["--config.data.tokenizer=",
-                                            "--config.data.vocab_size=300"]
-  check(run_cli("experiments.train", args, env))
-  model = first / "tokenizer" / "tokenizer.model"
-  tokenizer = checkpoint.load_tokenizer(first / "checkpoints" / "checkpoint_step_2")
-  assert isinstance(tokenizer, Tokenizer) and tokenizer.vocab_size == 300
-  assert (first / "checkpoints" / "checkpoint_step_2" / "tokenizer" / "tokenizer.model"
-          ).read_bytes() == model.read_bytes()
-  meta = checkpoint.read_metadata(first / "checkpoints" / "checkpoint_step_2")
-  assert meta["brain_config"]["vocab_size"] == 300
-  record = metrics(first)[-1]
-  assert record["bits_per_byte"] < record["loss"] / math.log(2)  # pieces span several bytes
-  # An existing tokenizer file, by path.
-  second = tmp_path / "loaded"
-  check(run_cli("experiments.train", train_args(data_dir, second, 2)
-                + [f"--config.data.tokenizer={model}"], env))
-  assert (second / "tokenizer" / "tokenizer.model").read_bytes() == model.read_bytes()
 
 
 @pytest.mark.slow
@@ -518,47 +555,71 @@ def off_fractions(ts, reference):
   return out
 
 
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, env, data_dir):
+  """Two processes (2 CPU devices each, a data 4 mesh across both, jax.distributed on
+  localhost) train the tiny brain on a sentencepiece tokenizer that process 0 trains,
+  each packing its own data shard into its 2 streams; run to 4 chunks, then resumed to 6.
+  And one process with the same mesh over 4 devices, fed the same two shards side by
+  side (`--config.data.num_shards=2`) and given the first run's tokenizer file by path,
+  run straight to 6. A dict: the two run directories ("multi", "single"), the two runs'
+  CompletedProcesses ("first", "resumed") and what the first run had written before the
+  second pruned it ("first_checkpoints", "first_metrics").
+
+  Its tests come after test_cli_data_parallel_mesh_trains_and_resumes: that run compiles,
+  once, the programs on 2 forced devices that both processes would otherwise compile
+  side by side (they read them from the shared cache)."""
+  tmp = tmp_path_factory.mktemp("processes")
+  multi, single = tmp / "two_processes", tmp / "one_process"
+  common = ["--config.data.tokenizer=", "--config.data.vocab_size=300"]  # process 0 trains it
+  mesh = [f"--config.mesh.data={PROCESSES * DEVICES_PER_PROCESS}"]
+  first = run_processes(train_args(data_dir, multi, 4) + common + mesh, env)
+  for proc in first:
+    check(proc)
+  # Before the resumed run replaces checkpoint_step_2 (keep 2): what the first run wrote.
+  first_checkpoints = sorted(p.name for p in (multi / "checkpoints").iterdir())
+  first_metrics = [r["step"] for r in metrics(multi)]
+  resumed = run_processes(train_args(data_dir, multi, 6) + common + mesh, env)
+  for proc in resumed:
+    check(proc)
+  # (On one device instead, the sums run in yet another order: within 7e-6 nats after 4
+  # chunks, then the chaotic dynamics part, 4e-3 nats at 6.)
+  devices = PROCESSES * DEVICES_PER_PROCESS
+  check(run_cli("experiments.train", train_args(data_dir, single, 6, keep=3) + [
+      "--config.data.num_shards=2",
+      f"--config.data.tokenizer={multi / 'tokenizer' / 'tokenizer.model'}",
+      f"--config.mesh.data={devices}"],
+      dict(env, XLA_FLAGS=_with_base_flags(f"--xla_force_host_platform_device_count={devices}"))))
+  return dict(multi=multi, single=single, first=first, resumed=resumed,
+              first_checkpoints=first_checkpoints, first_metrics=first_metrics)
+
+
 @pytest.mark.slow
-def test_two_processes_train_checkpoint_and_resume_like_one_process(tmp_path, env, data_dir):
+def test_two_processes_train_checkpoint_and_resume_like_one_process(two_processes):
   """Two processes (2 CPU devices each, a data 4 mesh across both, jax.distributed on
   localhost) train the tiny brain, each packing its own data shard into its 2 streams:
   one checkpoint per step with both shards' data states, logs from process 0 alone. Run
   to 4 chunks and resumed to 6, they match one process with the same mesh over 4 devices
   fed the same two shards side by side (`--config.data.num_shards=2`), run straight to 6:
   the same data states, losses and weights."""
-  multi, single = tmp_path / "two_processes", tmp_path / "one_process"
-  common = ["--config.data.tokenizer=", "--config.data.vocab_size=300"]  # process 0 trains it
-  mesh = [f"--config.mesh.data={PROCESSES * DEVICES_PER_PROCESS}"]
-  first = run_processes(train_args(data_dir, multi, 4) + common + mesh, env)
-  for proc in first:
-    check(proc)
+  multi, single = two_processes["multi"], two_processes["single"]
+  first, resumed = two_processes["first"], two_processes["resumed"]
   assert "step 2 |" in first[0].stderr and "step 2 |" not in first[1].stderr  # logs: process 0
   assert "process 1: max_chunks: step 4" in first[1].stderr
   ckpt = multi / "checkpoints" / "checkpoint_step_4"
-  assert sorted(p.name for p in (multi / "checkpoints").iterdir()) == [
+  assert two_processes["first_checkpoints"] == [
       "checkpoint_step_2", "checkpoint_step_2.json", "checkpoint_step_4", "checkpoint_step_4.json"]
   shards = ["data_state-00000-of-00002.json", "data_state-00001-of-00002.json"]
   assert sorted(p.name for p in ckpt.glob("data_state*")) == shards
   meta = checkpoint.read_metadata(ckpt)
   assert set(shards) <= set(meta["manifest"]) and meta["processes"] == 2
   assert meta["signature"]["data"]["num_shards"] == 2
-  assert [r["step"] for r in metrics(multi)] == [2, 4]
+  assert two_processes["first_metrics"] == [2, 4]
 
-  resumed = run_processes(train_args(data_dir, multi, 6) + common + mesh, env)
-  for proc in resumed:
-    check(proc)
   assert "Resumed from" in resumed[0].stderr and "(step 4," in resumed[0].stderr
   assert [c.step for c in checkpoint.list_checkpoints(multi / "checkpoints")] == [4, 6]
   assert [r["step"] for r in metrics(multi)] == [2, 4, 6]
 
-  # One process, the same mesh over as many devices, the same two shards side by side
-  # and the same tokenizer. (On one device instead, the sums run in yet another order:
-  # within 7e-6 nats after 4 chunks, then the chaotic dynamics part, 4e-3 nats at 6.)
-  devices = PROCESSES * DEVICES_PER_PROCESS
-  check(run_cli("experiments.train", train_args(data_dir, single, 6, keep=3) + [
-      "--config.data.num_shards=2", f"--config.data.tokenizer={multi / 'tokenizer'}",
-      f"--config.mesh.data={devices}"],
-      dict(env, XLA_FLAGS=_with_base_flags(f"--xla_force_host_platform_device_count={devices}"))))
   # Cross-process sums run in another order than one process's: the losses agree to
   # 1e-8 for 4 chunks; by chunk 6 a spike flipped by rounding has grown in the chaotic
   # dynamics (1.1e-3 nats with the default phase table), so step 6 is held to the data
@@ -583,6 +644,27 @@ def test_two_processes_train_checkpoint_and_resume_like_one_process(tmp_path, en
     assert max(off.values()) <= MULTI_OFF_FRACTION_TOL, sorted(off.items(), key=lambda kv: -kv[1])[:3]
     w_m, w_s = (np.asarray(t.params.w_out, np.float32) for t in (ts_m, ts_s))
     assert np.abs(w_m - w_s).max() <= MULTI_W_OUT_TOL * np.abs(w_s).max()
+
+
+@pytest.mark.slow
+def test_sentencepiece_tokenizer_is_trained_saved_and_reloaded(two_processes):
+  """`--config.data.tokenizer=` trains one (process 0 of the two-process run), saves it in
+  the run and in every checkpoint; a later run given the file by path uses it."""
+  multi = two_processes["multi"]
+  model = multi / "tokenizer" / "tokenizer.model"
+  for step in (4, 6):  # 4: written by the first run, 6: by the resumed one
+    ckpt = multi / "checkpoints" / f"checkpoint_step_{step}"
+    tokenizer = checkpoint.load_tokenizer(ckpt)
+    assert isinstance(tokenizer, Tokenizer) and tokenizer.vocab_size == 300
+    assert (ckpt / "tokenizer" / "tokenizer.model").read_bytes() == model.read_bytes()
+    assert checkpoint.read_metadata(ckpt)["brain_config"]["vocab_size"] == 300
+  for record in metrics(multi):
+    assert record["bits_per_byte"] < record["loss"] / math.log(2)  # pieces span several bytes
+  # An existing tokenizer file, by path: the one-process run saved the very same.
+  single = two_processes["single"]
+  assert (single / "tokenizer" / "tokenizer.model").read_bytes() == model.read_bytes()
+  meta = checkpoint.read_metadata(single / "checkpoints" / "checkpoint_step_6")
+  assert meta["brain_config"]["vocab_size"] == 300 and meta["tokenizer"]["vocab_size"] == 300
 
 
 def test_processes_without_a_mesh_over_all_devices_stop_with_what_to_set(tmp_path, env, data_dir):
