@@ -40,13 +40,13 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
 # loadfile`, which hands out whole files in this order: a slow file that starts last
 # leaves one worker alone with it at the end.
 SLOW_FILES = {
-    "test_train_cli.py": 350,
+    "test_train_cli.py": 260,
     "test_learning.py": 310,
     "test_sharding.py": 160,
     "test_pallas.py": 155,
     "test_reliability.py": 130,
     "test_brain.py": 120,
-    "test_learn_cli.py": 115,
+    "test_learn_cli.py": 55,
     "test_model.py": 110,
     "test_bad_input.py": 80,
     "test_long_run.py": 65,

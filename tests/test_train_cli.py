@@ -205,7 +205,7 @@ def run_until_signal(args, env, signum, after_step=2, stdin=subprocess.DEVNULL):
   proc = subprocess.Popen([sys.executable, "-m", "experiments.train", *map(str, args)], cwd=REPO,
                           env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
-  watchdog = threading.Timer(240, proc.kill)
+  watchdog = threading.Timer(300, proc.kill)  # the resumed run goes to step 6+
   watchdog.start()
   try:
     lines = []
