@@ -255,7 +255,8 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   # [G, A]: group counts -> area counts (both basal-ganglia halves count for that area).
   group_area_GxA = np.eye(n_groups, n_areas, dtype=np.float32)
   if has_bg:
-    group_area_GxA[n_areas, config.area_names.index("basal_ganglia")] = 1.0
+    bg = config.area_names.index("basal_ganglia")
+    group_area_GxA[n_areas, bg] = 1.0
     half_sizes_2 = jnp.asarray([stop - start for start, stop in halves], jnp.float32)
   a_t = config.decay(config.tau_trace_ms)
 
@@ -286,7 +287,6 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     area_rate_A = jnp.dot(jnp.mean(counts_BxG, axis=0), group_area_GxA,
                           precision=jax.lax.Precision.HIGHEST) / area_sizes_A
     if has_bg:
-      bg = config.area_names.index("basal_ganglia")
       go_nogo_Bx2 = a_t * go_nogo_Bx2 + jnp.stack(
           [counts_BxG[:, bg], counts_BxG[:, n_areas]], axis=1) / half_sizes_2
     # ns.s is not written per tick (write_s=False): this tick's spikes are |q|.

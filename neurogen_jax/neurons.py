@@ -111,7 +111,8 @@ def neuron_tick(config: BrainConfig, st: NeuronState, prop_BxN: jax.Array, drive
                 gate_B: jax.Array, vec_6xN: jax.Array, read_BxN: jax.Array,
                 post_BxN: jax.Array | None = None, spikes_BxN: jax.Array | None = None,
                 signed_dtype=jnp.bfloat16, group_N: jax.Array | None = None, n_groups: int = 0,
-                write_s: bool = True) -> tuple[NeuronState, jax.Array, jax.Array, jax.Array | None, jax.Array | None,
+                write_s: bool = True
+                ) -> tuple[NeuronState, jax.Array, jax.Array, jax.Array | None, jax.Array | None,
                            jax.Array | None]:
   """One tick of the brain's neurons with its input current and per-token sums.
 
