@@ -55,6 +55,8 @@ class BrainState(NamedTuple):
   thal_gate_B: last thalamic gate (signal-to-noise of the token drive), in [0.5, 1].
   bg_gate_B: last basal-ganglia gate on Broca, in (0, 2).
   tokens: tokens processed per stream (int32 scalar).
+  slow_BxNr: the readout's slow features, an average over tokens of the read areas'
+    features ([B, 0] without them: `BrainConfig.readout_slow_decay`).
   """
 
   neurons: NeuronState
@@ -63,12 +65,14 @@ class BrainState(NamedTuple):
   thal_gate_B: jax.Array
   bg_gate_B: jax.Array
   tokens: jax.Array
+  slow_BxNr: jax.Array
 
 
 class StepAux(NamedTuple):
   """What one cognitive step reports besides logits.
 
-  features_BxNr: Broca traces averaged over the read phase (the readout's input).
+  features_BxNr: the read areas' traces averaged over the read phase (the readout's input;
+    [B, 2 Nr] with the slow features: `readout.with_slow`).
   rates_PxA: spikes per neuron per tick in each phase and area (mean over streams).
   pre_BxN: pre-synaptic trace at the end of the token (tau_trace low-pass of its spikes).
   post_BxN: surrogate pseudo-derivative averaged over learning ticks (e-prop factor).
@@ -111,6 +115,8 @@ def init_state(config: BrainConfig, batch: int) -> BrainState:
       thal_gate_B=jnp.ones((batch,), jnp.float32),
       bg_gate_B=jnp.ones((batch,), jnp.float32),
       tokens=jnp.zeros((), jnp.int32),
+      slow_BxNr=jnp.zeros((batch, config.read_neurons if config.readout_slow_decay else 0),
+                          jnp.float32),
   )
 
 
@@ -321,6 +327,7 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   rates_PxA = jnp.dot(jnp.asarray(phase_avg_PxT), rates_TxA, precision=jax.lax.Precision.HIGHEST)
 
   features_BxNr = readout.read_areas(config, acc.read_BxN) / jnp.maximum(acc.read_ticks, 1.0)
+  features_BxNr, slow_BxNr = readout.with_slow(config, features_BxNr, state.slow_BxNr)
   logits_BxV = readout.logits(params.embed, params.w_out, params.b_out, features_BxNr)
   if collect:
     denom_N = jnp.maximum(acc.learn_ticks_N, 1.0)
@@ -332,7 +339,7 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   if not raster_stride:
     raster_TxS = None
   new_state = state._replace(neurons=ns, thal_gate_B=thal_gate_B, bg_gate_B=bg_gate_B,
-                             tokens=state.tokens + 1)
+                             tokens=state.tokens + 1, slow_BxNr=slow_BxNr)
   aux = StepAux(features_BxNr=features_BxNr, rates_PxA=rates_PxA, pre_BxN=pre_BxN,
                 post_BxN=post_BxN, spikes_BxN=spikes_BxN, raster_TxS=raster_TxS)
   return new_state, logits_BxV, aux

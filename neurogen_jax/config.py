@@ -148,6 +148,11 @@ class BrainConfig:
   # Further areas whose read-phase traces join the readout's features (after the readout
   # area's, in this order); each gets the readout's own e-prop signal like the readout area.
   readout_also: tuple[str, ...] = ()
+  # Per-token decay of the readout's slow features. 0: none. In (0, 1): the readout also
+  # reads an exponential average over tokens of the read areas' features,
+  # slow <- decay * slow + (1 - decay) * features (a second, slower trace time scale kept
+  # per stream in `BrainState.slow_BxNr`), so it has 2 Nr features (`readout_size`).
+  readout_slow_decay: float = 0.0
   embedding_dim: int = 512
   vocab_size: int = 50257
   # ALIF dynamics.
@@ -229,6 +234,10 @@ class BrainConfig:
     for a in self.input_areas + self.readout_areas:
       if a not in names:
         raise ValueError(f"area {a!r} (input/readout) is not one of {names}")
+    d = self.readout_slow_decay
+    if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 <= d < 1:
+      raise ValueError(f"readout_slow_decay must be a number in [0, 1) (0 = no slow readout "
+                       f"features), got {d!r}")
     if len(set(self.readout_areas)) != len(self.readout_areas):
       raise ValueError(f"readout_also must be a tuple of areas other than readout_area "
                        f"{self.readout_area!r}, each once, got {self.readout_also!r}")
@@ -295,9 +304,14 @@ class BrainConfig:
     return (self.readout_area,) + tuple(self.readout_also)
 
   @property
-  def readout_size(self) -> int:
-    """Nr: the readout's features, every neuron of the read areas."""
+  def read_neurons(self) -> int:
+    """Nr: every neuron of the read areas."""
     return sum(self.area_sizes[self.area_names.index(a)] for a in self.readout_areas)
+
+  @property
+  def readout_size(self) -> int:
+    """The readout's features: Nr, or 2 Nr with slow features (`readout_slow_decay`)."""
+    return self.read_neurons * (2 if self.readout_slow_decay else 1)
 
   @property
   def ticks_per_token(self) -> int:

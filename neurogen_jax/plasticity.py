@@ -281,7 +281,7 @@ def learning_signal(config: BrainConfig, pcfg: PlasticityConfig, params, feedbac
     def ce_sum(f_BxNr):
       lg = readout.logits(params.embed, params.w_out, params.b_out, f_BxNr)
       return jnp.sum(readout.cross_entropy(lg, targets_B))
-    g_BxNr = jax.grad(ce_sum)(features_BxNr)
+    g_BxNr = readout.fold_slow(config, jax.grad(ce_sum)(features_BxNr))
     learn_BxN = readout.place_read_areas(config, learn_BxN, g_BxNr)
   if pcfg.eprop_hops:
     if post_BxN is None:

@@ -58,6 +58,31 @@ def place_read_areas(config, x_BxN: jax.Array, f_BxNr: jax.Array) -> jax.Array:
   return x_BxN
 
 
+def with_slow(config, features_BxNr: jax.Array, slow_BxNr: jax.Array
+              ) -> tuple[jax.Array, jax.Array]:
+  """The readout's features of a token and the next slow state (`readout_slow_decay`).
+
+  Without slow features: (features [B, Nr], slow unchanged). With decay d: slow' =
+  d slow + (1 - d) features, and the features are [features, slow'] side by side, [B, 2 Nr].
+  """
+  d = config.readout_slow_decay
+  if not d:
+    return features_BxNr, slow_BxNr
+  slow_BxNr = d * slow_BxNr + (1.0 - d) * features_BxNr
+  return jnp.concatenate([features_BxNr, slow_BxNr], axis=1), slow_BxNr
+
+
+def fold_slow(config, g_BxF: jax.Array) -> jax.Array:
+  """A gradient with respect to the readout's features [B, F] -> with respect to this
+  token's read-area features [B, Nr]: the slow half's part through slow' = d slow + (1 - d)
+  features is (1 - d) times its gradient (the earlier tokens' part is not sent back)."""
+  d = config.readout_slow_decay
+  if not d:
+    return g_BxF
+  nr = config.read_neurons
+  return g_BxF[:, :nr] + (1.0 - d) * g_BxF[:, nr:]
+
+
 def unigram_bias(token_ids: np.ndarray, vocab_size: int, smoothing: float = 0.5) -> np.ndarray:
   """log p(token) with add-`smoothing` counts: the readout bias of an untrained model."""
   counts = np.bincount(np.asarray(token_ids).ravel(), minlength=vocab_size)[:vocab_size]

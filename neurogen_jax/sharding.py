@@ -54,6 +54,7 @@ _LEAF_SPECS = {
     # BrainState: per-stream [B] and per-neuron [N].
     "thal_gate_B": P(DATA),
     "bg_gate_B": P(DATA),
+    "slow_BxNr": P(DATA),
     "theta_N": P(MODEL),
     "rate_N": P(MODEL),
     # Params and connectivity: tiles and their structure by post row block R, the token

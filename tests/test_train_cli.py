@@ -470,7 +470,12 @@ def test_configs_build_their_brains():
   assert seed.train.batch_size * seed.train.chunk_len == 10000
   full = train_lib.brain_config_from(seed, seed.data.vocab_size)
   assert (full.num_neurons, full.vocab_size, full.ticks_per_token) == (79872, 50257, 20)
-  assert train_lib.brain_config_from(default.get_config(), 4096).num_neurons == 79872
+  best = default.get_config()
+  best_brain = train_lib.brain_config_from(best, 4096)
+  assert best_brain.num_neurons == 79872
+  # docs/LEARNING.md's best local-rule recipe: every area read twice (fast and slow).
+  assert best_brain.readout_size == 2 * 79872 and best_brain.readout_slow_decay == 0.85
+  assert (best_brain.tau_trace_ms, best.train.batch_size, best.train.chunk_len) == (100.0, 64, 4)
   small = tiny.get_config()
   assert train_lib.brain_config_from(small, 257).num_neurons == 2496
   small.train.batch_size = 8  # chunk_len follows tokens_per_chunk // batch_size
