@@ -53,6 +53,7 @@ SLOW_FILES = {
     "test_lr_decay.py": 60,
     "test_eprop.py": 55,
     "test_readout_areas.py": 45,
+    "test_slow_readout.py": 45,
     "test_evaluate.py": 40,
     "test_fuzz.py": 30,
     "test_numerics.py": 30,
