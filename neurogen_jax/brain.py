@@ -236,9 +236,7 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   bsz = token_ids_B.shape[0]
 
   x_BxD = params.embed[token_ids_B]
-  # In the weights' dtype (bfloat16 with `inference_params`), accumulated in float32.
-  drive_BxNin = jnp.dot(x_BxD.astype(params.w_in.dtype), params.w_in,
-                        preferred_element_type=jnp.float32)
+  drive_BxNin = readout.weights_dot(x_BxD, params.w_in)  # bf16 with `inference_params`
   thal_gate_B = thalamic_gate(config, drive_BxNin, state.neurons.i)
   drive_BxN = jnp.pad(drive_BxNin * thal_gate_B[:, None], ((0, 0), (0, n - n_in)))
   input_gain_PxN = jnp.pad(table.input_gain_PxNin, ((0, 0), (0, n - n_in)))

@@ -25,21 +25,22 @@ def normalize_features(trace_BxNr: jax.Array) -> jax.Array:
   return (trace_BxNr - mean) * jax.lax.rsqrt(var + LN_EPS)
 
 
-def _dot(x, w):
+def weights_dot(x, w):
   """x @ w in w's dtype (bfloat16 weights: `brain.inference_params`), float32 result."""
   return jnp.dot(x.astype(w.dtype), w, preferred_element_type=jnp.float32)
 
 
 def hidden(w_out_NrxD: jax.Array, trace_BxNr: jax.Array) -> jax.Array:
   """[B, D] readout hidden vector."""
-  return _dot(normalize_features(trace_BxNr), w_out_NrxD) * (1.0 / np.sqrt(w_out_NrxD.shape[0]))
+  scale = 1.0 / np.sqrt(w_out_NrxD.shape[0])
+  return weights_dot(normalize_features(trace_BxNr), w_out_NrxD) * scale
 
 
 def logits(embed_VxD: jax.Array, w_out_NrxD: jax.Array, b_out_V: jax.Array,
            trace_BxNr: jax.Array) -> jax.Array:
   """[B, V] next-token logits from the read areas' read-phase traces (`read_areas`)."""
-  return (_dot(hidden(w_out_NrxD, trace_BxNr), embed_VxD.T) * (1.0 / np.sqrt(embed_VxD.shape[1]))
-          + b_out_V)
+  scale = 1.0 / np.sqrt(embed_VxD.shape[1])
+  return weights_dot(hidden(w_out_NrxD, trace_BxNr), embed_VxD.T) * scale + b_out_V
 
 
 def read_areas(config, x_BxN: jax.Array) -> jax.Array:
