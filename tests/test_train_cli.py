@@ -470,6 +470,7 @@ def test_configs_build_their_brains():
   assert seed.train.batch_size * seed.train.chunk_len == 10000
   full = train_lib.brain_config_from(seed, seed.data.vocab_size)
   assert (full.num_neurons, full.vocab_size, full.ticks_per_token) == (79872, 50257, 20)
+  assert full.readout_size == 2 * 79872  # the best readout, as in the default config
   best = default.get_config()
   best_brain = train_lib.brain_config_from(best, 4096)
   assert best_brain.num_neurons == 79872

@@ -16,15 +16,11 @@ which a B = 1 generation step reads once per token (~2.7 us per tick at ~3 TB/s)
 
 from experiments.configs import common
 
-READ_ALL = ("thalamus", "wernicke", "hippocampus", "pfc", "basal_ganglia")
 ONE_PASS_CHUNKS = 5300  # ~1,358,000 training tokens (+ eos) / (64 x 4)
 
 
 def get_config():
-  config = common.base_config()
-  config.brain.readout_also = READ_ALL
-  config.brain.tau_trace_ms = 100.0
-  config.brain.readout_slow_decay = 0.85
+  config = common.use_best_readout(common.base_config())
   config.train.batch_size = 64
   config.train.tokens_per_chunk = 256
   config.train.lr_decay_chunks = ONE_PASS_CHUNKS

@@ -14,6 +14,9 @@ Seed field -> here:
   log_interval 10            train.log_interval (chunks)
   learning_rate 1e-3         train.learning_rate
   gpu_device 0               train.gpu_device
+The brain reads every area with slow readout features (`common.use_best_readout`, the
+recipe of docs/LEARNING.md; measured on the Shakespeare corpus and the larger PyPI corpus,
+not on SlimPajama, which the GPU machines cannot reach).
 Offline, train on local SlimPajama chunks instead:
   python -m experiments.train --config=slimpajama --config.data.files='chunks/*.jsonl.zst'
 """
@@ -22,7 +25,7 @@ from experiments.configs import common
 
 
 def get_config():
-  config = common.base_config()
+  config = common.use_best_readout(common.base_config())
   config.run_dir = "runs/slimpajama"
   config.brain.embedding_dim = 512
   config.data.dataset_name = "cerebras/SlimPajama-627B"
