@@ -56,7 +56,8 @@ class BrainState(NamedTuple):
   bg_gate_B: last basal-ganglia gate on Broca, in (0, 2).
   tokens: tokens processed per stream (int32 scalar).
   slow_BxNr: the readout's slow features, an average over tokens of the read areas'
-    features ([B, 0] without them: `BrainConfig.readout_slow_decay`).
+    features ([0, 0] without them, like other switched-off state:
+    `BrainConfig.readout_slow_decay`).
   """
 
   neurons: NeuronState
@@ -115,7 +116,7 @@ def init_state(config: BrainConfig, batch: int) -> BrainState:
       thal_gate_B=jnp.ones((batch,), jnp.float32),
       bg_gate_B=jnp.ones((batch,), jnp.float32),
       tokens=jnp.zeros((), jnp.int32),
-      slow_BxNr=jnp.zeros((batch, config.read_neurons if config.readout_slow_decay else 0),
+      slow_BxNr=jnp.zeros((batch, config.read_neurons) if config.readout_slow_decay else (0, 0),
                           jnp.float32),
   )
 

@@ -22,10 +22,15 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # suite's time is mostly compiling tiny programs that then run for milliseconds (measured:
 # test_eprop.py + test_model.py from an empty cache 125 -> 115 s). Inherited by the CLI
 # subprocesses; tests that set XLA_FLAGS for a subprocess append to it.
+# And Eigen's matmuls/convolutions on one thread: the tiny brain's are far too small to
+# split (B = 4 streams), and with two xdist workers on 2 cores the extra threads only
+# contend. Same values (chunk losses equal to the last digit); measured: a tiny-brain
+# train_chunk of 4 x 16 tokens 1.22 -> 1.07-1.16 CPU-s, tests/test_long_run.py 32.1 ->
+# 27.9 s alone and 47.4 -> 42.4 s with two copies side by side on the 2 cores.
 if os.environ.get("JAX_PLATFORMS") == "cpu":
-  _flag = "--xla_llvm_disable_expensive_passes=true"
-  if _flag not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
+  for _flag in ("--xla_llvm_disable_expensive_passes=true", "--xla_cpu_multi_thread_eigen=false"):
+    if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+      os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -5,8 +5,8 @@ The fast half of the features is what the readout reads without the option (the 
 do not change); the slow half follows slow' = d slow + (1 - d) features token by token and
 is carried per stream in `BrainState.slow_BxNr`; the e-prop signal of the read areas is
 the exact gradient with respect to this token's features through both halves; a training
-chunk learns the slow half's readout rows; old-style state (no slow features) stays
-[B, 0]; bad values are refused. Tiny brain (`tiny_config`, 2,496 neurons).
+chunk learns the slow half's readout rows; without the option the state holds a [0, 0]
+array; bad values are refused. Tiny brain (`tiny_config`, 2,496 neurons).
 """
 
 import dataclasses
@@ -34,7 +34,7 @@ def test_sizes_and_the_state_without_the_option():
   params, state = brain.init(cfg, jax.random.PRNGKey(0), 3)
   assert params.w_out.shape == (2 * base.readout_size, cfg.embedding_dim)
   assert state.slow_BxNr.shape == (3, base.read_neurons)
-  assert brain.init_state(base, 3).slow_BxNr.shape == (3, 0)
+  assert brain.init_state(base, 3).slow_BxNr.shape == (0, 0)
 
 
 def test_slow_features_follow_their_recursion_and_the_fast_half_is_unchanged():
