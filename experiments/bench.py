@@ -51,6 +51,8 @@ flags.DEFINE_string("events_variant", "tiles", "comma-separated Pallas event ker
 flags.DEFINE_string("inference_dtype", "float32", "comma-separated dtypes of the dense token "
                     "weights (w_in, embed, w_out) on forward points (`brain.inference_params`); "
                     "learning points train the float32 originals")
+flags.DEFINE_enum("state_dtype", "float32", ["float32", "bfloat16"], "BrainConfig.state_dtype: "
+                  "storage of the neuron state v, i, a, tr (the floor counts its bytes)")
 flags.DEFINE_bool("find_max_batch", False, "double B (learning on, first of --impls) until it no "
                   "longer fits")
 flags.DEFINE_integer("max_batch_start", 256, "first B of --find_max_batch")
@@ -59,13 +61,15 @@ flags.DEFINE_string("profile_dir", "", "if set, each point also runs once under 
                     "writes DIR/<point>/ops.json (device time per HLO op with its source line, "
                     "largest first) and the compiled HLO; the table prints the top ops")
 
-# Per neuron and stream, each tick reads and writes v, i, a, tr (f32) and s: 5 x 4 B each way.
-STATE_BYTES_PER_NEURON = 2 * 5 * 4
+def state_bytes_per_neuron(config: BrainConfig) -> int:
+  """Per neuron and stream, each tick reads and writes v, i, a, tr (in `state_dtype`) and
+  s (float32): 40 B with float32 state, 24 B with bfloat16."""
+  return 2 * (4 * jnp.dtype(config.state_dtype).itemsize + 4)
 
 
 def tick_floor_s(config: BrainConfig, batch: int, bandwidth: float) -> float:
   weight_bytes = config.num_synapses * jnp.dtype(config.weight_dtype).itemsize
-  state_bytes = STATE_BYTES_PER_NEURON * config.num_neurons * batch
+  state_bytes = state_bytes_per_neuron(config) * config.num_neurons * batch
   return (weight_bytes + state_bytes) / bandwidth
 
 
@@ -185,7 +189,8 @@ def _with_floor(r: dict, config: BrainConfig, bandwidth: float) -> dict:
   floor_us = tick_floor_s(config, r["batch"], bandwidth) * 1e6
   r.update(floor_us_per_tick=floor_us, pct_of_floor=100 * floor_us / r["us_per_tick"],
            device=jax.devices()[0].device_kind, copy_bw_TBps=bandwidth / 1e12,
-           date=time.strftime("%Y-%m-%d"), bytes_per_neuron=STATE_BYTES_PER_NEURON)
+           date=time.strftime("%Y-%m-%d"), bytes_per_neuron=state_bytes_per_neuron(config),
+           state_dtype=config.state_dtype)
   return r
 
 
@@ -220,7 +225,7 @@ def main(argv):
   variants = FLAGS.events_variant.split(",")
   dtypes = FLAGS.inference_dtype.split(",")
   for impl in FLAGS.impls.split(","):
-    base = BrainConfig(scale=FLAGS.scale, implementation=impl)
+    base = BrainConfig(scale=FLAGS.scale, implementation=impl, state_dtype=FLAGS.state_dtype)
     print(f"brain: {base.num_neurons} neurons, {base.num_synapses / 1e6:.1f}M synapses, "
           f"{base.ticks_per_token} ticks/token", flush=True)
     for learn in [s == "on" for s in FLAGS.learning.split(",")]:
@@ -244,7 +249,8 @@ def main(argv):
             continue
           _report(_with_floor(r, config, bw), out)
   if FLAGS.find_max_batch:
-    config = BrainConfig(scale=FLAGS.scale, implementation=FLAGS.impls.split(",")[0])
+    config = BrainConfig(scale=FLAGS.scale, implementation=FLAGS.impls.split(",")[0],
+                         state_dtype=FLAGS.state_dtype)
     fits = find_max_batch(config, FLAGS.max_batch_start, FLAGS.max_batch_limit, out, bw)
     print(f"largest B that fits with learning on ({config.implementation}, powers of 2 from "
           f"{FLAGS.max_batch_start} up to {FLAGS.max_batch_limit}): {fits}", flush=True)

@@ -188,7 +188,7 @@ def thalamic_gate(config: BrainConfig, drive_BxNin: jax.Array, i_BxN: jax.Array)
     return jnp.ones(drive_BxNin.shape[:1], jnp.float32)
   sl = config.area_slice("thalamus")
   signal = jnp.sqrt(jnp.mean(jnp.square(drive_BxNin[:, sl]), axis=-1))
-  noise = jnp.sqrt(jnp.mean(jnp.square(i_BxN[:, sl]), axis=-1))
+  noise = jnp.sqrt(jnp.mean(jnp.square(i_BxN[:, sl].astype(jnp.float32)), axis=-1))
   snr = signal / (noise + 1e-3)
   return 0.5 + 0.5 * snr / (1.0 + snr)
 
@@ -330,7 +330,7 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   logits_BxV = readout.logits(params.embed, params.w_out, params.b_out, features_BxNr)
   if collect:
     denom_N = jnp.maximum(acc.learn_ticks_N, 1.0)
-    pre_BxN = ns.tr
+    pre_BxN = ns.tr.astype(jnp.float32)
     post_BxN = acc.post_BxN.astype(jnp.float32) / denom_N
     spikes_BxN = acc.spikes_BxN.astype(jnp.float32)
   else:

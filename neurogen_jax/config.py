@@ -170,6 +170,10 @@ class BrainConfig:
   inhibitory_scale: float = 2.0
   input_scale: float = 1.0
   weight_dtype: str = "bfloat16"
+  # Storage dtype of the ALIF state v, i, a, tr ([B, N] each; the tick computes in float32
+  # either way). "bfloat16" halves the bytes the fused tick moves for them (docs/KERNELS.md);
+  # the spikes s and the per-token sums keep their dtypes. Izhikevich needs float32 (mV).
+  state_dtype: Literal["float32", "bfloat16"] = "float32"
   # Izhikevich (the original's regular-spiking parameters).
   izh_a: float = 0.02
   izh_b: float = 0.2
@@ -234,6 +238,11 @@ class BrainConfig:
     for a in self.input_areas + self.readout_areas:
       if a not in names:
         raise ValueError(f"area {a!r} (input/readout) is not one of {names}")
+    if self.state_dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"state_dtype must be 'float32' or 'bfloat16', got {self.state_dtype!r}")
+    if self.state_dtype != "float32" and self.neuron_model != "alif":
+      raise ValueError(f"state_dtype={self.state_dtype!r} needs neuron_model='alif' (the "
+                       f"Izhikevich membrane in mV needs float32); use state_dtype='float32'")
     d = self.readout_slow_decay
     if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 <= d < 1:
       raise ValueError(f"readout_slow_decay must be a number in [0, 1) (0 = no slow readout "

@@ -22,7 +22,8 @@ from neurogen_jax.pallas.neuron_update import (  # noqa: F401 (pseudo_derivative
 
 
 class NeuronState(NamedTuple):
-  """Per-stream neuron dynamics, each [B, N] float32.
+  """Per-stream neuron dynamics, each [B, N]: v, i, a, tr in `BrainConfig.state_dtype`
+  (float32 by default), s float32.
 
   v: membrane (ALIF: dimensionless, threshold 1; Izhikevich: mV).
   i: synaptic current (low-pass filtered input, tau_syn).
@@ -44,7 +45,8 @@ def init_neuron_state(config: BrainConfig, batch: int) -> NeuronState:
   if config.neuron_model == "izhikevich":
     v0 = jnp.full((batch, n), config.izh_c, jnp.float32)
     return NeuronState(v=v0, i=z, a=config.izh_b * v0, tr=z, s=z)
-  return NeuronState(v=z, i=z, a=z, tr=z, s=z)
+  zs = jnp.zeros((batch, n), config.state_dtype)
+  return NeuronState(v=zs, i=zs, a=zs, tr=zs, s=z)
 
 
 def alif_step(config: BrainConfig, st: NeuronState, cur_BxN: jax.Array,

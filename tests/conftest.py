@@ -1,5 +1,6 @@
 """Shared test set-up: CPU by default, offline hub, GPU tests skipped cleanly without a GPU."""
 
+import functools
 import os
 import tempfile
 
@@ -59,6 +60,7 @@ SLOW_FILES = {
     "test_eprop.py": 55,
     "test_readout_areas.py": 45,
     "test_slow_readout.py": 45,
+    "test_state_dtype.py": 50,
     "test_evaluate.py": 40,
     "test_fuzz.py": 30,
     "test_numerics.py": 30,
@@ -88,3 +90,19 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "gpu" in item.keywords:
       item.add_marker(skip)
+
+
+@pytest.fixture
+def kernels_on_this_device(monkeypatch):
+  """implementation="pallas" runs here: compiled on a GPU; elsewhere the kernels that
+  `ops` dispatches are swapped for their interpret-mode calls (and the jit cache of
+  `cognitive_step` is cleared around the test, so no interpret trace outlives it)."""
+  if jax.devices()[0].platform != "gpu":
+    from neurogen_jax.pallas import events, neuron_update, propagate
+    for module, name in ((events, "propagate_events_pallas"), (propagate, "propagate"),
+                         (neuron_update, "alif_update"), (neuron_update, "alif_tick")):
+      monkeypatch.setattr(module, name, functools.partial(getattr(module, name), interpret=True))
+  from neurogen_jax import brain
+  brain.cognitive_step.clear_cache()
+  yield
+  brain.cognitive_step.clear_cache()

@@ -132,21 +132,6 @@ def test_grad_through_run_sequence_is_finite_and_nonzero(tiny):
 # ------------------------------------------------------------------ tick-loop unrolling
 
 
-@pytest.fixture
-def kernels_on_this_device(monkeypatch):
-  """implementation="pallas" runs here: compiled on a GPU; elsewhere the kernels that
-  `ops` dispatches are swapped for their interpret-mode calls (and the jit cache of
-  `cognitive_step` is cleared around the test, so no interpret trace outlives it)."""
-  if jax.devices()[0].platform != "gpu":
-    from neurogen_jax.pallas import events, neuron_update, propagate
-    for module, name in ((events, "propagate_events_pallas"), (propagate, "propagate"),
-                         (neuron_update, "alif_update"), (neuron_update, "alif_tick")):
-      monkeypatch.setattr(module, name, functools.partial(getattr(module, name), interpret=True))
-  brain.cognitive_step.clear_cache()
-  yield
-  brain.cognitive_step.clear_cache()
-
-
 def test_scan_unroll_is_chosen_by_the_config():
   cfg = tiny_config()
   ticks = cfg.ticks_per_token

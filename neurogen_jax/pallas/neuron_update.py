@@ -212,13 +212,18 @@ def group_counts(s_BxN, group_N, n_groups: int):
 
 def _tick_math(v, i, a, tr, prop, drive, gate, vec, read_acc, post_acc, spk_acc,
                c: AlifConstants, spike_fn, signed_dtype):
-  """The tick's arithmetic on [B, N] (reference) or blocks (kernel); vec rows [1, N]."""
+  """The tick's arithmetic on [B, N] (reference) or blocks (kernel); vec rows [1, N].
+  The state (v, i, a, tr) may be stored in bfloat16: it is computed in float32 and returned
+  in its own dtype (the read sum takes the float32 trace)."""
   theta, mask, gain, read, learn, sign = vec
+  state_dtype = v.dtype
+  v, i, a, tr = (z.astype(jnp.float32) for z in (v, i, a, tr))
   cur = compose_current(prop, drive, gate, mask, gain)
   v, i, a, tr, s, x = _alif_math(v, i, a, tr, cur, theta, c, spike_fn)
   q = signed_spikes(s, sign, signed_dtype)
-  return (v, i, a, tr, s, q) + accumulate(tr, s, x, read, learn, read_acc, post_acc, spk_acc,
-                                          c.width)
+  state = tuple(z.astype(state_dtype) for z in (v, i, a, tr))
+  return state + (s, q) + accumulate(tr, s, x, read, learn, read_acc, post_acc, spk_acc,
+                                     c.width)
 
 
 def alif_tick_reference(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN,
@@ -329,8 +334,8 @@ def _tick_pallas(args, constants, collect, signed_dtype, n_groups, write_s, inte
       pl.BlockSpec((block_b,), lambda bi, ni: (bi,)),
       pl.BlockSpec((rows, block_n), lambda bi, ni: (0, ni)),
       spec] + ([spec, spec] if collect else [])
-  out_dtypes = ([jnp.float32] * (5 if write_s else 4) + [signed_dtype, jnp.float32]
-                + ([args[9].dtype, args[10].dtype] if collect else []))
+  out_dtypes = ([args[0].dtype] * 4 + ([jnp.float32] if write_s else [])
+                + [signed_dtype, jnp.float32] + ([args[9].dtype, args[10].dtype] if collect else []))
   out_specs = [spec] * len(out_dtypes)
   out_shape = [jax.ShapeDtypeStruct((b, n_pad), d) for d in out_dtypes]
   if n_groups:  # each program's [block_b, G_pad] group counts, summed over programs below
@@ -399,7 +404,8 @@ def alif_tick(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN,
               interpret: bool = False):
   """Pallas `alif_tick_reference`: the whole neuron tick in one pass over [B, N].
 
-  State, prop, drive and read float32 [B, N] (prop: or, with B = 1, its K partial sums
+  State float32 or bfloat16 (v, i, a, tr alike: computed in float32, stored in their dtype),
+  prop, drive and read float32 [B, N] (prop: or, with B = 1, its K partial sums
   [K, N], added up in the kernel); gate_B [B]; vec_6xN [6, N] (rows
   TICK_VEC_ROWS); post/spikes [B, N] in their own dtype (bfloat16 in the brain), both or
   neither; group_N [N] with n_groups > 0: the tick also counts its spikes per group, each
@@ -430,10 +436,13 @@ def alif_tick(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN,
     raise ValueError(f"alif_tick: give group_N of shape {(n,)} with n_groups > 0 (got "
                      f"{None if group_N is None else group_N.shape}, n_groups={n_groups}), "
                      "or neither.")
+  state = (v_BxN, i_BxN, a_BxN, tr_BxN)
+  if {z.dtype for z in state} not in ({jnp.dtype(jnp.float32)}, {jnp.dtype(jnp.bfloat16)}):
+    raise ValueError(f"alif_tick: v, i, a, tr must share one dtype, float32 or bfloat16 (got "
+                     f"{[str(z.dtype) for z in state]}).")
   constants = AlifConstants(*(float(c) for c in (a_s, a_m, a_a, a_t, beta, threshold, width)))
   f32 = lambda z: z.astype(jnp.float32)
-  args = tuple(f32(z) for z in (v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B,
-                                vec_6xN, read_BxN))
+  args = state + tuple(f32(z) for z in (prop_BxN, drive_BxN, gate_B, vec_6xN, read_BxN))
   if collect:
     args += (post_BxN, spikes_BxN)
   if n_groups:
