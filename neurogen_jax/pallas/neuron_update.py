@@ -334,8 +334,9 @@ def _tick_pallas(args, constants, collect, signed_dtype, n_groups, write_s, inte
       pl.BlockSpec((block_b,), lambda bi, ni: (bi,)),
       pl.BlockSpec((rows, block_n), lambda bi, ni: (0, ni)),
       spec] + ([spec, spec] if collect else [])
-  out_dtypes = ([args[0].dtype] * 4 + ([jnp.float32] if write_s else [])
-                + [signed_dtype, jnp.float32] + ([args[9].dtype, args[10].dtype] if collect else []))
+  state_dtype = args[0].dtype  # v, i, a, tr: float32 or bfloat16
+  out_dtypes = ([state_dtype] * 4 + ([jnp.float32] if write_s else []) + [signed_dtype, jnp.float32]
+                + ([args[9].dtype, args[10].dtype] if collect else []))
   out_specs = [spec] * len(out_dtypes)
   out_shape = [jax.ShapeDtypeStruct((b, n_pad), d) for d in out_dtypes]
   if n_groups:  # each program's [block_b, G_pad] group counts, summed over programs below
