@@ -53,6 +53,10 @@ flags.DEFINE_string("inference_dtype", "float32", "comma-separated dtypes of the
                     "learning points train the float32 originals")
 flags.DEFINE_enum("state_dtype", "float32", ["float32", "bfloat16"], "BrainConfig.state_dtype: "
                   "storage of the neuron state v, i, a, tr (the floor counts its bytes)")
+flags.DEFINE_enum("spike_dtype", "auto", ["auto", "int8"], "BrainConfig.spike_dtype: the "
+                  "propagated signed spikes (auto = the weights' dtype)")
+flags.DEFINE_enum("current_dtype", "float32", ["float32", "bfloat16"],
+                  "BrainConfig.current_dtype: the propagated current")
 flags.DEFINE_bool("find_max_batch", False, "double B (learning on, first of --impls) until it no "
                   "longer fits")
 flags.DEFINE_integer("max_batch_start", 256, "first B of --find_max_batch")
@@ -117,7 +121,8 @@ def bench_point(config: BrainConfig, batch: int, learn: bool, n_tokens: int, rep
   ticks = n_tokens * config.ticks_per_token
   if profile_dir:
     name = (f"{config.implementation}_B{batch}_learn{int(learn)}_unroll{config.tick_unroll}"
-            f"_{inference_dtype}")
+            f"_w{inference_dtype}_state{config.state_dtype}_spikes{config.spike_dtype}"
+            f"_current{config.current_dtype}")
     profile_point(fn, compiled.as_text(), os.path.join(profile_dir, name), ticks)
   return {"batch": batch, "learning": learn, "implementation": config.implementation,
           "tick_unroll": config.tick_unroll,
@@ -184,13 +189,20 @@ def _report(r: dict, out) -> None:
     out.flush()
 
 
+def _dtypes() -> dict:
+  """The BrainConfig dtype fields the flags set."""
+  return dict(state_dtype=FLAGS.state_dtype, spike_dtype=FLAGS.spike_dtype,
+              current_dtype=FLAGS.current_dtype)
+
+
 def _with_floor(r: dict, config: BrainConfig, bandwidth: float) -> dict:
   """Adds the point's HBM floor and % of it (and the run's device facts) to row `r`."""
   floor_us = tick_floor_s(config, r["batch"], bandwidth) * 1e6
   r.update(floor_us_per_tick=floor_us, pct_of_floor=100 * floor_us / r["us_per_tick"],
            device=jax.devices()[0].device_kind, copy_bw_TBps=bandwidth / 1e12,
            date=time.strftime("%Y-%m-%d"), bytes_per_neuron=state_bytes_per_neuron(config),
-           state_dtype=config.state_dtype)
+           state_dtype=config.state_dtype, spike_dtype=config.spike_dtype,
+           current_dtype=config.current_dtype)
   return r
 
 
@@ -225,9 +237,10 @@ def main(argv):
   variants = FLAGS.events_variant.split(",")
   dtypes = FLAGS.inference_dtype.split(",")
   for impl in FLAGS.impls.split(","):
-    base = BrainConfig(scale=FLAGS.scale, implementation=impl, state_dtype=FLAGS.state_dtype)
+    base = BrainConfig(scale=FLAGS.scale, implementation=impl, **_dtypes())
     print(f"brain: {base.num_neurons} neurons, {base.num_synapses / 1e6:.1f}M synapses, "
-          f"{base.ticks_per_token} ticks/token", flush=True)
+          f"{base.ticks_per_token} ticks/token; state {base.state_dtype}, spikes "
+          f"{base.spike_dtype}, current {base.current_dtype}", flush=True)
     for learn in [s == "on" for s in FLAGS.learning.split(",")]:
       for b in batches:
         done = set()  # (scan unroll, event kernel, dtype) already measured for this point
@@ -250,7 +263,7 @@ def main(argv):
           _report(_with_floor(r, config, bw), out)
   if FLAGS.find_max_batch:
     config = BrainConfig(scale=FLAGS.scale, implementation=FLAGS.impls.split(",")[0],
-                         state_dtype=FLAGS.state_dtype)
+                         **_dtypes())
     fits = find_max_batch(config, FLAGS.max_batch_start, FLAGS.max_batch_limit, out, bw)
     print(f"largest B that fits with learning on ({config.implementation}, powers of 2 from "
           f"{FLAGS.max_batch_start} up to {FLAGS.max_batch_limit}): {fits}", flush=True)

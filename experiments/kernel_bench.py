@@ -162,6 +162,9 @@ def main(argv):
         fn = jax.jit(functools.partial(propagate.propagate, backend=backend, block_b=block_b, **interp))
         impl = f"pallas-{backend}" + (f"-b{block_b}" if block_b else "")
         measure(rows, "propagate", batch, impl, fn, (spk, w, col, gain), ref, fl, iters)
+      fn = jax.jit(functools.partial(propagate.propagate, out_dtype=jnp.bfloat16, **interp))
+      measure(rows, "propagate", batch, "pallas-triton-bf16out", fn, (spk, w, col, gain), ref,
+              floor(w_bytes + batch * n * (2 + 2)), iters, note="bf16 current")
       fn = jax.jit(functools.partial(propagate.propagate, **interp))
       measure(rows, "propagate", batch, "pallas-triton-int8", fn, (spk.astype(jnp.int8), w, col, gain),
               ref, floor(w_bytes + batch * n * (1 + 4)), iters, note="int8 spikes")

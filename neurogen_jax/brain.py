@@ -249,9 +249,10 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   vec_Px6xN = jnp.stack([per_neuron(state.theta_N), per_neuron(broca_N.astype(jnp.float32)),
                          input_gain_PxN, jnp.broadcast_to(table.read_P[:, None], (n_phases, n)),
                          table.learn_PxN, per_neuron(conn.sign_N.astype(jnp.float32))], axis=1)
-  # The tick propagates signed spikes q = s * sign in the weights' dtype (the neuron tick
-  # writes them) and counts its spikes per area and basal-ganglia half (groups).
-  signed_dtype = params.tiles.dtype
+  # The tick propagates signed spikes q = s * sign (the neuron tick writes them, in the
+  # weights' dtype or int8: `BrainConfig.spike_dtype`) and counts its spikes per area and
+  # basal-ganglia half (groups).
+  signed_dtype = params.tiles.dtype if config.spike_dtype == "auto" else jnp.dtype(jnp.int8)
   group_N, n_groups = _tick_groups_N(config, conn)
   n_areas = len(config.areas)
   area_sizes_A = jnp.asarray(config.area_sizes, jnp.float32)
@@ -275,7 +276,8 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     # which adds them (no separate sum kernel); else [B, N].
     prop_BxN = ops.propagate(q_BxN, params.tiles, conn.col_RxK, gain_RxK,
                              config.implementation, events_variant=config.events_variant,
-                             partials=config.neuron_model == "alif")
+                             partials=config.neuron_model == "alif",
+                             out_dtype=config.current_dtype)
     gate_B = (jnp.where(bg_on > 0, bg_gate_from_means(go_nogo_Bx2), 1.0) if has_bg
               else jnp.ones((bsz,), jnp.float32))
     # Input current, neuron update and the token's sums in one op (one kernel with Pallas).

@@ -174,6 +174,13 @@ class BrainConfig:
   # either way). "bfloat16" halves the bytes the fused tick moves for them (docs/KERNELS.md);
   # the spikes s and the per-token sums keep their dtypes. Izhikevich needs float32 (mV).
   state_dtype: Literal["float32", "bfloat16"] = "float32"
+  # The two [B, N] arrays that pass between a tick's propagation and its neuron update:
+  # the signed spikes q (exact +-1 in either dtype; "auto" = the weights' dtype, "int8" one
+  # byte, which the propagation re-reads once per tile that uses it: bptt needs a float
+  # dtype) and the propagated current (summed in float32 either way; "bfloat16" halves
+  # the bytes written by the propagation and read by the neuron tick). docs/KERNELS.md.
+  spike_dtype: Literal["auto", "int8"] = "auto"
+  current_dtype: Literal["float32", "bfloat16"] = "float32"
   # Izhikevich (the original's regular-spiking parameters).
   izh_a: float = 0.02
   izh_b: float = 0.2
@@ -243,6 +250,12 @@ class BrainConfig:
     if self.state_dtype != "float32" and self.neuron_model != "alif":
       raise ValueError(f"state_dtype={self.state_dtype!r} needs neuron_model='alif' (the "
                        f"Izhikevich membrane in mV needs float32); use state_dtype='float32'")
+    if self.spike_dtype not in ("auto", "int8"):
+      raise ValueError(f"spike_dtype must be 'auto' (the weights' dtype) or 'int8', got "
+                       f"{self.spike_dtype!r}")
+    if self.current_dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"current_dtype must be 'float32' or 'bfloat16', got "
+                       f"{self.current_dtype!r}")
     d = self.readout_slow_decay
     if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 <= d < 1:
       raise ValueError(f"readout_slow_decay must be a number in [0, 1) (0 = no slow readout "

@@ -158,6 +158,10 @@ def train_chunk(ts: TrainState, inputs_BxL: jax.Array, targets_BxL: jax.Array, *
   axis: gradients, plasticity, the finiteness guard and the metric means then cover all
   streams (see `sharding`). None under plain jit, sharded inputs included.
   """
+  if mode == "bptt" and config.spike_dtype == "int8":
+    raise ValueError("mode='bptt' differentiates through the propagated spikes, which "
+                     "spike_dtype='int8' cannot carry; use spike_dtype='auto' for bptt (int8 "
+                     "spikes are for the local rules and generation).")
   chunk = _bptt_chunk if mode == "bptt" else functools.partial(_local_chunk, axis_name=axis_name)
   params, bstate, pstate, grads, ce_LxB, cor_LxB, rate_LxA, pstats = chunk(
       config, pcfg, ts, inputs_BxL, targets_BxL)

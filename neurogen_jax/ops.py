@@ -43,18 +43,18 @@ def _check(implementation: str) -> None:
     raise ValueError(f"implementation must be 'xla' or 'pallas', got {implementation!r}")
 
 
-def _dense_propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, implementation):
+def _dense_propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, implementation, out_dtype):
   if implementation == "pallas":
-    return pallas_propagate.propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK)
-  return propagate_reference(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK)
+    return pallas_propagate.propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, out_dtype=out_dtype)
+  return propagate_reference(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK).astype(out_dtype)
 
 
 def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain_RxK: jax.Array,
               implementation: Implementation = "xla", *,
               fanout: tuple[jax.Array, jax.Array] | None = None,
               max_events: int | None = None, events_variant: str = "tiles",
-              partials: bool = False) -> jax.Array:
-  """Block-sparse spike propagation (see `propagate_reference`) -> [B, N] float32.
+              partials: bool = False, out_dtype=jnp.float32) -> jax.Array:
+  """Block-sparse spike propagation (see `propagate_reference`) -> [B, N] in `out_dtype`.
 
   A single stream (B == 1) goes event-driven, reading only the rows of spiking neurons:
   with "pallas" always (no index needed; `events_variant` picks the kernel, see
@@ -65,6 +65,8 @@ def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain
   partials: where the Pallas "tiles" event kernel runs (B == 1), return its K per-tile
   partial sums [K, N] (their sum over axis 0 is the [1, N] result) for `alif_tick` to add
   up as it reads them; every other path returns [B, N] as usual.
+  out_dtype: float32 or bfloat16 (`BrainConfig.current_dtype`; the sums accumulate in
+  float32 either way); the K partial sums stay float32.
   """
   _check(implementation)
   if spk_BxN.shape[0] == 1 and implementation == "pallas" and partials and (
@@ -74,8 +76,8 @@ def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain
   if spk_BxN.shape[0] == 1 and (implementation == "pallas" or fanout is not None):
     return propagate_events(spk_BxN[0], w_RxKxTxT, col_RxK, gain_RxK, implementation,
                             fanout=fanout, max_events=max_events,
-                            events_variant=events_variant)[None]
-  return _dense_propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, implementation)
+                            events_variant=events_variant)[None].astype(out_dtype)
+  return _dense_propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, implementation, out_dtype)
 
 
 def propagate_events(spk_N: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array,

@@ -60,7 +60,7 @@ SLOW_FILES = {
     "test_eprop.py": 55,
     "test_readout_areas.py": 45,
     "test_slow_readout.py": 45,
-    "test_state_dtype.py": 50,
+    "test_state_dtype.py": 70,
     "test_evaluate.py": 40,
     "test_fuzz.py": 30,
     "test_numerics.py": 30,

@@ -109,6 +109,23 @@ def test_propagate_spike_dtypes_and_large_batch(interpret, dtype):
     assert_close(g_w, g_ref, "bfloat16", 1)
 
 
+def test_propagate_bfloat16_current_is_the_rounded_float32_sum(interpret):
+  """out_dtype=bfloat16 (`BrainConfig.current_dtype`): the float32 sum, rounded once."""
+  col, w, gain = layout(5, 16, 4)
+  spk = spikes(6, (20, NUM_BLOCKS * 16), 0.3, jnp.int8)
+  out = propagate.propagate(spk, w, col, gain, out_dtype=jnp.bfloat16, interpret=interpret)
+  ref = propagate.propagate_reference(spk, w, col, gain)
+  assert out.dtype == jnp.bfloat16 and float(jnp.max(jnp.abs(ref))) > 1.0
+  assert_close(out, ref, "bfloat16", 1, factor=1.0)  # one rounding of the float32 sum
+  # Differentiable as with float32: the cotangent comes in bfloat16.
+  g_w = jax.grad(lambda ww: jnp.sum(propagate.propagate(
+      spk, ww, col, gain, out_dtype=jnp.bfloat16, interpret=interpret).astype(jnp.float32)))(w)
+  g_ref = jax.grad(lambda ww: jnp.sum(propagate.propagate_reference(spk, ww, col, gain)))(w)
+  assert_close(g_w, g_ref, "bfloat16", 1)
+  with pytest.raises(ValueError, match="out_dtype must be float32 or bfloat16"):
+    propagate.propagate(spk, w, col, gain, out_dtype=jnp.float16, interpret=interpret)
+
+
 def test_propagate_mosaic_gpu_matches_reference(interpret):
   t, k, b = (64, 3, 70) if interpret else (128, 8, 70)  # B = 70: two 64-row batch tiles
   col, w, gain = layout(40, t, k)
@@ -477,6 +494,40 @@ def test_alif_tick_bfloat16_state_matches_reference_and_float32(interpret, b, n)
     assert_close(o, w, tol, 16)
   with pytest.raises(ValueError, match="v, i, a, tr must share one dtype"):
     neuron_update.alif_tick(state16[0], *args32[1:4], *args[4:], **ALIF, interpret=interpret)
+
+
+@pytest.mark.parametrize("b,n", [(3, 48), (16, 4096)])
+def test_alif_tick_bfloat16_current_and_int8_spikes(interpret, b, n):
+  """The lean tick I/O (`BrainConfig.current_dtype`, `spike_dtype`): prop read in
+  bfloat16 and q written in int8 give the reference's outputs on the same inputs, and
+  the float32-current tick's outputs where its current rounds to the same value."""
+  args = tick_inputs(39, b, n, True)
+  prop16 = args[4].astype(jnp.bfloat16)
+  lean = args[:4] + (prop16,) + args[5:]
+  kw = dict(ALIF, signed_dtype=jnp.int8, write_s=False)
+  out = neuron_update.alif_tick(*lean, **kw, interpret=interpret)
+  ref = neuron_update.alif_tick_reference(*lean, **kw)
+  f32 = neuron_update.alif_tick_reference(*args[:4], prop16.astype(jnp.float32), *args[5:],
+                                          **ALIF)
+  assert out[4] is None and out[5].dtype == jnp.int8 and ref[5].dtype == jnp.int8
+  cur = args[4] * jnp.where(args[7][1] > 0, args[6][:, None], 1.0) + args[5] * args[7][2]
+  x_ref = neuron_update.alif_update_reference(*args[:4], cur, args[7][0], **ALIF)[5]
+  firm = jnp.abs(x_ref) > 1e-2  # the bfloat16 current moves x by up to ~2^-8 of it
+  q = np.asarray(out[5])
+  assert set(np.unique(q)) == {-1, 0, 1}
+  np.testing.assert_array_equal(np.where(firm, q, 0), np.where(firm, np.asarray(ref[5]), 0))
+  # With the same (bfloat16-representable) current, float32 prop gives the same tick.
+  np.testing.assert_array_equal(np.where(firm, q, 0),
+                                np.where(firm, np.asarray(f32[5], np.float32), 0))
+  for k in (0, 1, 2, 3, 6, 7, 8):
+    o, r, w = (jnp.where(firm, z[k].astype(jnp.float32), f32[k].astype(jnp.float32))
+               for z in (out, ref, f32))
+    tol = "bfloat16" if out[k].dtype == jnp.bfloat16 else "float32"
+    assert_close(o, r, tol, 16)
+    assert_close(o, w, tol, 16)
+  with pytest.raises(ValueError, match="prop must be float32 or bfloat16"):
+    neuron_update.alif_tick(*args[:4], args[4].astype(jnp.float16), *args[5:], **ALIF,
+                            interpret=interpret)
 
 
 def test_alif_tick_reference_is_the_unfused_tick():

@@ -1,9 +1,11 @@
-"""`BrainConfig.state_dtype`: the ALIF state v, i, a, tr stored in bfloat16.
+"""Leaner per-tick dtypes: `BrainConfig.state_dtype` (the ALIF state v, i, a, tr in
+bfloat16), `current_dtype` (the propagated current in bfloat16) and `spike_dtype` (the
+propagated signed spikes in int8).
 
-The tick computes in float32 and stores the state in bfloat16 (the kernel against its
-reference: tests/test_pallas.py). Here, on the tiny brain: the state keeps its dtype
-through steps and training chunks, the firing rates and the loss stay near the float32
-brain's, the benchmark's floor counts the smaller state, and bad values are refused.
+The kernels against their references: tests/test_pallas.py. Here, on the tiny brain: int8
+spikes change nothing (they are exact), the state keeps its dtype through steps and
+training chunks, the firing rates and the loss stay near the float32 brain's, the
+benchmark's floor counts the smaller state, and bad values are refused.
 """
 
 import dataclasses
@@ -20,34 +22,57 @@ from neurogen_jax.plasticity import PlasticityConfig
 
 TOKENS = [[3, 70, 101, 200], [5, 6, 7, 8], [9, 9, 9, 9], [40, 41, 42, 43], [1, 2, 3, 4],
           [100, 50, 25, 12]]
+LEAN = dict(state_dtype="bfloat16", current_dtype="bfloat16", spike_dtype="int8")
 
 
+def _run(cfg, batch, tokens=TOKENS):
+  params, state = brain.init(cfg, jax.random.PRNGKey(0), batch)
+  rates = []
+  for toks in tokens:
+    state, logits, aux = brain.cognitive_step(params, state,
+                                              jnp.asarray(toks[:batch], jnp.int32), cfg)
+    rates.append(np.asarray(aux.rates_PxA))
+  return state, logits, np.mean(rates, axis=(0, 1))  # [A] over tokens and phases
+
+
+@pytest.mark.parametrize("implementation, batch", [("xla", 4), ("pallas", 4), ("pallas", 1)])
+def test_int8_spikes_give_the_same_brain(implementation, batch, kernels_on_this_device):
+  """q = s * sign is exactly 0 or +-1: int8 propagates the same currents (one stream:
+  through the event kernel), so every leaf of the state is bit-identical."""
+  base = tiny_config(implementation=implementation)
+  want, _, rates = _run(base, batch, TOKENS[:3])
+  got, _, _ = _run(base.replace(spike_dtype="int8"), batch, TOKENS[:3])
+  assert np.all(rates > 0.002)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    assert g.dtype == w.dtype
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+@pytest.mark.parametrize("lean", [dict(state_dtype="bfloat16"), LEAN], ids=["state", "all"])
 @pytest.mark.parametrize("implementation", ["xla", "pallas"])
-def test_bfloat16_state_keeps_its_dtype_and_the_rates_of_float32(implementation,
-                                                                 kernels_on_this_device):
-  rates = {}
-  for dtype in ("float32", "bfloat16"):
-    cfg = tiny_config(state_dtype=dtype, implementation=implementation)
-    params, state = brain.init(cfg, jax.random.PRNGKey(0), 4)
-    per_token = []
-    for toks in TOKENS:
-      state, logits, aux = brain.cognitive_step(params, state, jnp.asarray(toks, jnp.int32), cfg)
-      per_token.append(np.asarray(aux.rates_PxA))
-    ns = state.neurons
-    assert [z.dtype for z in (ns.v, ns.i, ns.a, ns.tr)] == [jnp.dtype(dtype)] * 4
-    assert ns.s.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
-    rates[dtype] = np.mean(per_token, axis=(0, 1))  # [A] over tokens and phases
-  print("area rates float32", rates["float32"], "bfloat16", rates["bfloat16"])
-  assert np.all(rates["float32"] > 0.002)
-  # bfloat16 rounding flips spikes near threshold: the rates move, but only a little.
-  np.testing.assert_allclose(rates["bfloat16"], rates["float32"], rtol=0.25, atol=0.002)
+def test_lean_dtypes_keep_the_rates_of_float32(implementation, lean, kernels_on_this_device):
+  base = tiny_config(implementation=implementation)
+  state32, _, rates32 = _run(base, 4)
+  state, logits, rates = _run(base.replace(**lean), 4)
+  ns = state.neurons
+  dtype = jnp.dtype(lean.get("state_dtype", "float32"))
+  assert [z.dtype for z in (ns.v, ns.i, ns.a, ns.tr)] == [dtype] * 4
+  assert ns.s.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
+  print(lean, "area rates float32", rates32, "lean", rates)
+  assert np.all(rates32 > 0.002)
+  # Rounding flips spikes near threshold: the rates move, but only a little ...
+  np.testing.assert_allclose(rates, rates32, rtol=0.25, atol=0.002)
+  # ... and they do move: the option is not silently ignored.
+  assert float(jnp.max(jnp.abs(ns.v.astype(jnp.float32) - state32.neurons.v))) > 0
 
 
-def test_bfloat16_state_trains_like_float32():
+def test_lean_dtypes_train_like_float32():
+  lean = LEAN
   losses = {}
-  toks = jnp.asarray(np.random.default_rng(0).integers(0, 257, (4, 17)), jnp.int32)
-  for dtype in ("float32", "bfloat16"):
-    cfg = tiny_config(state_dtype=dtype)
+  # Five tokens in turn: a readout that learns at all lowers the loss within four chunks.
+  toks = jnp.asarray((np.arange(4)[:, None] + np.arange(17)[None, :]) % 5 + 60, jnp.int32)
+  for name, kw in (("float32", {}), ("lean", lean)):
+    cfg = tiny_config(**kw)
     pcfg = PlasticityConfig(replay_size=8, replay_every=2, replay_batch=2)
     opt = learning.make_optimizer(1e-2)
     ts = learning.init_train_state(cfg, pcfg, opt, jax.random.PRNGKey(0), 4)
@@ -57,10 +82,21 @@ def test_bfloat16_state_trains_like_float32():
       ts, m = learning.train_chunk(ts, x[:, :-1], x[:, 1:], config=cfg, pcfg=pcfg, optimizer=opt)
       assert bool(m.finite)
       out.append(float(m.loss))
-    assert ts.brain_state.neurons.v.dtype == jnp.dtype(dtype)
-    losses[dtype] = out
+    assert ts.brain_state.neurons.v.dtype == jnp.dtype(cfg.state_dtype)
+    losses[name] = out
   print("chunk losses", losses)
-  np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.02)
+  assert losses["float32"][-1] < losses["float32"][0] - 0.1  # it learns at all
+  np.testing.assert_allclose(losses["lean"], losses["float32"], rtol=0.02)
+
+
+def test_bptt_refuses_int8_spikes():
+  cfg = tiny_config(spike_dtype="int8")
+  pcfg = PlasticityConfig()
+  opt = learning.make_optimizer(1e-2)
+  ts = learning.init_train_state(cfg, pcfg, opt, jax.random.PRNGKey(0), 2, mode="bptt")
+  x = jnp.zeros((2, 3), jnp.int32)
+  with pytest.raises(ValueError, match="use spike_dtype='auto' for bptt"):
+    learning.train_chunk(ts, x, x, config=cfg, pcfg=pcfg, optimizer=opt, mode="bptt")
 
 
 def test_benchmark_floor_counts_the_state_bytes():
@@ -71,7 +107,9 @@ def test_benchmark_floor_counts_the_state_bytes():
 @pytest.mark.parametrize("kw, match", [
     (dict(state_dtype="float16"), "state_dtype must be 'float32' or 'bfloat16'"),
     (dict(state_dtype="bfloat16", neuron_model="izhikevich"), "needs neuron_model='alif'"),
+    (dict(spike_dtype="bfloat16"), "spike_dtype must be 'auto'"),
+    (dict(current_dtype="int8"), "current_dtype must be 'float32' or 'bfloat16'"),
 ])
-def test_bad_state_dtype_is_refused(kw, match):
+def test_bad_dtypes_are_refused(kw, match):
   with pytest.raises(ValueError, match=match):
     dataclasses.replace(tiny_config(), **kw)

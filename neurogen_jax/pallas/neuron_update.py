@@ -218,7 +218,7 @@ def _tick_math(v, i, a, tr, prop, drive, gate, vec, read_acc, post_acc, spk_acc,
   theta, mask, gain, read, learn, sign = vec
   state_dtype = v.dtype
   v, i, a, tr = (z.astype(jnp.float32) for z in (v, i, a, tr))
-  cur = compose_current(prop, drive, gate, mask, gain)
+  cur = compose_current(prop.astype(jnp.float32), drive, gate, mask, gain)
   v, i, a, tr, s, x = _alif_math(v, i, a, tr, cur, theta, c, spike_fn)
   q = signed_spikes(s, sign, signed_dtype)
   state = tuple(z.astype(state_dtype) for z in (v, i, a, tr))
@@ -343,12 +343,14 @@ def _tick_pallas(args, constants, collect, signed_dtype, n_groups, write_s, inte
     g_pad = pl.next_power_of_2(n_groups)
     out_specs.append(pl.BlockSpec((block_b, g_pad), lambda bi, ni: (bi, ni)))
     out_shape.append(jax.ShapeDtypeStruct((b, n_pad // block_n * g_pad), jnp.float32))
-  # In place: v, i, a, tr; s takes prop's buffer (not the [K, N] partials: another shape);
+  # In place: v, i, a, tr; s takes prop's buffer (not the [K, N] partials: another shape;
+  # not a bfloat16 prop: another dtype);
   # the sums stay where they are (the read sum must: a tick that reads nothing does not
   # store it). q is new (in the brain's tick loop the previous q is dead by then: XLA gives
   # it the same buffer).
   o = 0 if write_s else -1  # output positions after s move down by one without it
-  aliases = ({0: 0, 1: 1, 2: 2, 3: 3, 8: 6 + o} | ({} if partials or not write_s else {4: 4})
+  s_into_prop = write_s and not partials and args[4].dtype == jnp.float32
+  aliases = ({0: 0, 1: 1, 2: 2, 3: 3, 8: 6 + o} | ({4: 4} if s_into_prop else {})
              | ({9: 7 + o, 10: 8 + o} if collect else {}))
   outs = pl.pallas_call(
       functools.partial(_tick_kernel, constants=constants, collect=collect,
@@ -406,8 +408,8 @@ def alif_tick(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN,
   """Pallas `alif_tick_reference`: the whole neuron tick in one pass over [B, N].
 
   State float32 or bfloat16 (v, i, a, tr alike: computed in float32, stored in their dtype),
-  prop, drive and read float32 [B, N] (prop: or, with B = 1, its K partial sums
-  [K, N], added up in the kernel); gate_B [B]; vec_6xN [6, N] (rows
+  prop float32 or bfloat16 [B, N] (read in its dtype, added in float32; or, with B = 1,
+  its K partial sums [K, N], added up in the kernel), drive and read float32 [B, N]; gate_B [B]; vec_6xN [6, N] (rows
   TICK_VEC_ROWS); post/spikes [B, N] in their own dtype (bfloat16 in the brain), both or
   neither; group_N [N] with n_groups > 0: the tick also counts its spikes per group, each
   program reducing its block (no separate pass over s). write_s=False: s is not written
@@ -442,8 +444,10 @@ def alif_tick(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN,
     raise ValueError(f"alif_tick: v, i, a, tr must share one dtype, float32 or bfloat16 (got "
                      f"{[str(z.dtype) for z in state]}).")
   constants = AlifConstants(*(float(c) for c in (a_s, a_m, a_a, a_t, beta, threshold, width)))
+  if prop_BxN.dtype not in (jnp.float32, jnp.bfloat16):
+    raise ValueError(f"alif_tick: prop must be float32 or bfloat16, got {prop_BxN.dtype}.")
   f32 = lambda z: z.astype(jnp.float32)
-  args = state + tuple(f32(z) for z in (prop_BxN, drive_BxN, gate_B, vec_6xN, read_BxN))
+  args = state + (prop_BxN,) + tuple(f32(z) for z in (drive_BxN, gate_B, vec_6xN, read_BxN))
   if collect:
     args += (post_BxN, spikes_BxN)
   if n_groups:

@@ -35,6 +35,8 @@ MIN_BLOCK_B = 16
 # One Hopper warpgroup MMA covers 64 rows.
 MOSAIC_BLOCK_B = 64
 BACKENDS = ("triton", "mosaic_gpu")
+# Dtypes of the propagated current (accumulated in float32 either way).
+CURRENT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 
 def propagate_reference(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array,
@@ -78,7 +80,7 @@ def _kernel(col_ref, gain_ref, spk_ref, w_ref, out_ref, *, block_b: int):
     return acc + part * gain_ref[r, k]
 
   acc = jax.lax.fori_loop(0, k_slots, body, jnp.zeros((block_b, tile), jnp.float32))
-  out_ref[...] = acc
+  out_ref[...] = acc.astype(out_ref.dtype)
 
 
 def _mosaic_kernel(col_gmem, gain_gmem, spk_gmem, w_gmem, out_gmem, *, block_b: int,
@@ -143,7 +145,8 @@ def _propagate_mosaic(spk, w_RxKxTxT, col_RxK, gain_RxK, block_b, interpret):
     w_RxKxTxT.reshape(r * k_slots * t, t))
 
 
-def _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, interpret):
+def _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype,
+                      interpret):
   if backend == "mosaic_gpu":
     block_b = block_b or MOSAIC_BLOCK_B
     if block_b % MOSAIC_BLOCK_B:
@@ -158,7 +161,8 @@ def _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, i
   if b_pad != b:
     spk = jnp.pad(spk, ((0, b_pad - b), (0, 0)))
   if backend == "mosaic_gpu":
-    return _propagate_mosaic(spk, w_RxKxTxT, col_RxK, gain_RxK, block_b, interpret)[:b]
+    out = _propagate_mosaic(spk, w_RxKxTxT, col_RxK, gain_RxK, block_b, interpret)[:b]
+    return out.astype(out_dtype)
   full = pl.BlockSpec()  # the whole array
   out = pl.pallas_call(
       functools.partial(_kernel, block_b=block_b),
@@ -170,7 +174,7 @@ def _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, i
           pl.BlockSpec((None, k_slots, t, t), lambda i, j: (j, 0, 0, 0)),
       ],
       out_specs=pl.BlockSpec((block_b, t), lambda i, j: (i, j)),
-      out_shape=jax.ShapeDtypeStruct((b_pad, n), jnp.float32),
+      out_shape=jax.ShapeDtypeStruct((b_pad, n), out_dtype),
       compiler_params=plgpu.CompilerParams(num_warps=8 if block_b >= 128 else 4, num_stages=3),
       interpret=interpret,
       name="propagate",
@@ -178,21 +182,25 @@ def _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, i
   return out[:b]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, interpret):
-  return _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype, interpret):
+  return _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype,
+                           interpret)
 
 
-def _propagate_fwd(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, interpret):
-  out = _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, interpret)
+def _propagate_fwd(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype,
+                   interpret):
+  out = _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype,
+                          interpret)
   return out, (spk_BxN, w_RxKxTxT, col_RxK, gain_RxK)
 
 
-def _propagate_bwd(block_b, backend, interpret, res, g_BxN):
+def _propagate_bwd(block_b, backend, out_dtype, interpret, res, g_BxN):
   """d spk through the reference's transpose (a scatter-add); d w and d gain from the
   block-sparse outer product spk^T g on the existing tiles (the plasticity kernel)."""
-  del block_b, backend
+  del block_b, backend, out_dtype
   spk_BxN, w_RxKxTxT, col_RxK, gain_RxK = res
+  g_BxN = g_BxN.astype(jnp.float32)  # the reference's output dtype
   _, spk_vjp = jax.vjp(lambda s: propagate_reference(s, w_RxKxTxT, col_RxK, gain_RxK), spk_BxN)
   (d_spk,) = spk_vjp(g_BxN)
   t = w_RxKxTxT.shape[-1]
@@ -208,7 +216,7 @@ _propagate.defvjp(_propagate_fwd, _propagate_bwd)
 
 
 def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain_RxK: jax.Array,
-              *, block_b: int | None = None, backend: str = "triton",
+              *, block_b: int | None = None, backend: str = "triton", out_dtype=jnp.float32,
               interpret: bool = False) -> jax.Array:
   """Pallas block-sparse propagation, the same function as `propagate_reference`.
 
@@ -219,7 +227,9 @@ def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain
     mosaic_gpu: 64 or 128, default 64).
   backend: "triton" or "mosaic_gpu" (Hopper wgmma + TMA; see docs/KERNELS.md for which is
     faster).
-  Returns [B, N] float32. Differentiable (custom_vjp) in spk, w and gain.
+  out_dtype: float32 (default) or bfloat16: the sums accumulate in float32 either way;
+    bfloat16 halves the bytes written here and read by the neuron tick.
+  Returns [B, N] in out_dtype. Differentiable (custom_vjp) in spk, w and gain.
   """
   r, k_slots, t, t2 = w_RxKxTxT.shape
   b, n = spk_BxN.shape
@@ -228,4 +238,8 @@ def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain
                      f"col {col_RxK.shape}, gain {gain_RxK.shape}; expected N = R*T and [R, K].")
   if backend not in BACKENDS:
     raise ValueError(f"propagate: backend must be one of {BACKENDS}, got {backend!r}")
-  return _propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, interpret)
+  out_dtype = jnp.dtype(out_dtype)
+  if out_dtype not in CURRENT_DTYPES:
+    raise ValueError(f"propagate: out_dtype must be float32 or bfloat16, got {out_dtype}")
+  return _propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype,
+                    interpret)
