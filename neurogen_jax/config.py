@@ -175,10 +175,11 @@ class BrainConfig:
   # the spikes s and the per-token sums keep their dtypes. Izhikevich needs float32 (mV).
   state_dtype: Literal["float32", "bfloat16"] = "float32"
   # The two [B, N] arrays that pass between a tick's propagation and its neuron update:
-  # the signed spikes q (exact +-1 in either dtype; "auto" = the weights' dtype, "int8" one
-  # byte, which the propagation re-reads once per tile that uses it: bptt needs a float
-  # dtype) and the propagated current (summed in float32 either way; "bfloat16" halves
-  # the bytes written by the propagation and read by the neuron tick). docs/KERNELS.md.
+  # the signed spikes q (exact +-1 in either dtype; "auto" = the weights' dtype; "int8" is
+  # one byte but measured slower on an H200, the propagation converting it before its
+  # tensor-core dot; bptt needs a float dtype) and the propagated current (summed in
+  # float32 either way; "bfloat16" halves the bytes written by the propagation and read by
+  # the neuron tick: ~3.5% of the training step at B = 2,048). docs/KERNELS.md.
   spike_dtype: Literal["auto", "int8"] = "auto"
   current_dtype: Literal["float32", "bfloat16"] = "float32"
   # Izhikevich (the original's regular-spiking parameters).
