@@ -2,8 +2,8 @@
 
   python -m experiments.tick_sweep --batch=256                   # full size, GPU
   python -m experiments.tick_sweep --batch=2 --neurons=1024 --variants=2048:4 --interpret
-  python -m experiments.tick_sweep --batch=2048 --state_dtype=bfloat16 --current_dtype=bfloat16 \
-      --spike_dtype=int8                                         # the lean tick I/O
+  python -m experiments.tick_sweep --batch=2048 --state_dtype=bfloat16 \
+      --current_dtype=bfloat16 --collect=true                    # the lean tick, learning on
 
 Runs T and 2T ticks in one scan (state carried, as in the brain, so the kernel updates
 it in place) and reports (time(2T) - time(T)) / T per tick: the loop's entry copies

@@ -500,7 +500,7 @@ def test_alif_tick_bfloat16_state_matches_reference_and_float32(interpret, b, n)
 def test_alif_tick_bfloat16_current_and_int8_spikes(interpret, b, n):
   """The lean tick I/O (`BrainConfig.current_dtype`, `spike_dtype`): prop read in
   bfloat16 and q written in int8 give the reference's outputs on the same inputs, and
-  the float32-current tick's outputs where its current rounds to the same value."""
+  the outputs of the float32-current tick given the same (bfloat16-representable) current."""
   args = tick_inputs(39, b, n, True)
   prop16 = args[4].astype(jnp.bfloat16)
   lean = args[:4] + (prop16,) + args[5:]
