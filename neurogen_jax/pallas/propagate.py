@@ -228,7 +228,8 @@ def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain
   backend: "triton" or "mosaic_gpu" (Hopper wgmma + TMA; see docs/KERNELS.md for which is
     faster).
   out_dtype: float32 (default) or bfloat16: the sums accumulate in float32 either way;
-    bfloat16 halves the bytes written here and read by the neuron tick.
+    bfloat16 halves the bytes the Triton kernel writes and the neuron tick reads (the
+    Mosaic GPU kernel writes float32 and is cast afterwards, one more pass).
   Returns [B, N] in out_dtype. Differentiable (custom_vjp) in spk, w and gain.
   """
   r, k_slots, t, t2 = w_RxKxTxT.shape
