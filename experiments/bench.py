@@ -33,6 +33,7 @@ from absl import app, flags
 
 from neurogen_jax import brain, learning
 from neurogen_jax.config import BrainConfig
+from neurogen_jax.pallas import neuron_update
 from neurogen_jax.plasticity import PlasticityConfig
 from experiments.timing import copy_bandwidth, device_op_times, hlo_op_sources
 
@@ -57,6 +58,9 @@ flags.DEFINE_enum("spike_dtype", "auto", ["auto", "int8"], "BrainConfig.spike_dt
                   "propagated signed spikes (auto = the weights' dtype)")
 flags.DEFINE_enum("current_dtype", "float32", ["float32", "bfloat16"],
                   "BrainConfig.current_dtype: the propagated current")
+flags.DEFINE_string("fuse_propagation", "false", "comma-separated BrainConfig.fuse_propagation "
+                    "values (true: the propagation inside the neuron tick's kernel; Pallas, B a "
+                    "multiple of 16)")
 flags.DEFINE_bool("find_max_batch", False, "double B (learning on, first of --impls) until it no "
                   "longer fits")
 flags.DEFINE_integer("max_batch_start", 256, "first B of --find_max_batch")
@@ -64,6 +68,12 @@ flags.DEFINE_integer("max_batch_limit", 16384, "largest B that --find_max_batch 
 flags.DEFINE_string("profile_dir", "", "if set, each point also runs once under jax.profiler and "
                     "writes DIR/<point>/ops.json (device time per HLO op with its source line, "
                     "largest first) and the compiled HLO; the table prints the top ops")
+
+def _bool(text: str) -> bool:
+  if text.strip().lower() not in ("true", "false", "1", "0"):
+    raise app.UsageError(f"--fuse_propagation takes true/false values, got {text!r}")
+  return text.strip().lower() in ("true", "1")
+
 
 def state_bytes_per_neuron(config: BrainConfig) -> int:
   """Per neuron and stream, each tick reads and writes v, i, a, tr (in `state_dtype`) and
@@ -122,7 +132,7 @@ def bench_point(config: BrainConfig, batch: int, learn: bool, n_tokens: int, rep
   if profile_dir:
     name = (f"{config.implementation}_B{batch}_learn{int(learn)}_unroll{config.tick_unroll}"
             f"_w{inference_dtype}_state{config.state_dtype}_spikes{config.spike_dtype}"
-            f"_current{config.current_dtype}")
+            f"_current{config.current_dtype}_fuse{int(config.fuse_propagation)}")
     profile_point(fn, compiled.as_text(), os.path.join(profile_dir, name), ticks)
   return {"batch": batch, "learning": learn, "implementation": config.implementation,
           "tick_unroll": config.tick_unroll,
@@ -181,6 +191,7 @@ def _report(r: dict, out) -> None:
                                                         r.get("inference_dtype") or "-")
   print(f"  {r['implementation']:6s} B={r['batch']:5d} learn={'on ' if r['learning'] else 'off'} "
         f"unroll={r['scan_unroll']:2d} events={variant:6s} w={weights:4s} "
+        f"fuse={int(bool(r.get('fuse_propagation')))} "
         f"{r['us_per_tick']:9.1f} us/tick "
         f"{r['tokens_per_s']:10.1f} tok/s  {floor}compile {r['compile_s']:.0f}s  "
         f"program {gib(r['program_bytes'])} GiB  peak {gib(r['peak_bytes'])} GiB", flush=True)
@@ -202,7 +213,7 @@ def _with_floor(r: dict, config: BrainConfig, bandwidth: float) -> dict:
            device=jax.devices()[0].device_kind, copy_bw_TBps=bandwidth / 1e12,
            date=time.strftime("%Y-%m-%d"), bytes_per_neuron=state_bytes_per_neuron(config),
            state_dtype=config.state_dtype, spike_dtype=config.spike_dtype,
-           current_dtype=config.current_dtype)
+           current_dtype=config.current_dtype, fuse_propagation=config.fuse_propagation)
   return r
 
 
@@ -236,6 +247,7 @@ def main(argv):
   unrolls = [int(u) for u in FLAGS.tick_unroll.split(",")]
   variants = FLAGS.events_variant.split(",")
   dtypes = FLAGS.inference_dtype.split(",")
+  fuses = [_bool(f) for f in FLAGS.fuse_propagation.split(",")]
   for impl in FLAGS.impls.split(","):
     base = BrainConfig(scale=FLAGS.scale, implementation=impl, **_dtypes())
     print(f"brain: {base.num_neurons} neurons, {base.num_synapses / 1e6:.1f}M synapses, "
@@ -244,11 +256,13 @@ def main(argv):
     for learn in [s == "on" for s in FLAGS.learning.split(",")]:
       for b in batches:
         done = set()  # (scan unroll, event kernel, dtype) already measured for this point
-        for unroll, variant, dtype in itertools.product(unrolls, variants,
-                                                      ["float32"] if learn else dtypes):
-          config = base.replace(tick_unroll=unroll, events_variant=variant)
+        for unroll, variant, dtype, fuse in itertools.product(
+            unrolls, variants, ["float32"] if learn else dtypes, fuses):
+          config = base.replace(tick_unroll=unroll, events_variant=variant,
+                                fuse_propagation=fuse)
+          fused = fuse and impl == "pallas" and neuron_update.fused_block_b(b) > 0
           key = (config.scan_unroll(b, jax.default_backend()), _events_variant(config, b),
-                 dtype)
+                 dtype, fused)
           if key in done:  # the same program as an earlier row (e.g. auto = 1 at B > 1)
             continue
           done.add(key)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments.tick_inputs import ALIF
 from experiments.timing import copy_bandwidth, time_us
 from neurogen_jax.pallas import events, neuron_update, plasticity, propagate
 
@@ -33,11 +34,13 @@ _ITERS = flags.DEFINE_integer("iters", 50, "Timed calls per measurement.")
 _KERNELS = flags.DEFINE_list("kernels", ["propagate", "events", "tile_outer", "tile_update",
                                          "synapse_update", "alif"],
                              "Which kernels to time.")
+_B_GROUPS = flags.DEFINE_list("b_groups", [], "Also time the Triton propagation (bf16 current) "
+                               "with these launch orders (`propagate.tile_order`: groups of G "
+                               "batch tiles).")
 _OUT = flags.DEFINE_string("out", "", "Also write the table (markdown) to this file.")
 _INTERPRET = flags.DEFINE_bool("interpret", False, "Run the Pallas kernels in interpret mode "
                                "(a CPU smoke test of this script; times mean nothing then).")
 
-ALIF = dict(a_s=0.6065, a_m=0.7788, a_a=0.9753, a_t=0.9048, beta=0.5, threshold=1.0, width=0.5)
 
 
 @dataclasses.dataclass
@@ -165,6 +168,12 @@ def main(argv):
       fn = jax.jit(functools.partial(propagate.propagate, out_dtype=jnp.bfloat16, **interp))
       measure(rows, "propagate", batch, "pallas-triton-bf16out", fn, (spk, w, col, gain), ref,
               floor(w_bytes + batch * n * (2 + 2)), iters, note="bf16 current")
+      for group in (int(g) for g in _B_GROUPS.value):
+        fn = jax.jit(functools.partial(propagate.propagate, out_dtype=jnp.bfloat16,
+                                       b_group=group, **interp))
+        measure(rows, "propagate", batch, f"pallas-triton-bf16out-g{group}", fn,
+                (spk, w, col, gain), ref, floor(w_bytes + batch * n * (2 + 2)), iters,
+                note=f"bf16 current, groups of {group} batch tiles")
       fn = jax.jit(functools.partial(propagate.propagate, **interp))
       measure(rows, "propagate", batch, "pallas-triton-int8", fn, (spk.astype(jnp.int8), w, col, gain),
               ref, floor(w_bytes + batch * n * (1 + 4)), iters, note="int8 spikes")

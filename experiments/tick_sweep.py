@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from experiments.tick_inputs import ALIF, tick_rows
 from experiments.timing import time_us
 from neurogen_jax.pallas import neuron_update
 
@@ -37,7 +38,6 @@ _COLLECT = flags.DEFINE_list("collect", ["false", "true"], "Without / with the e
                               "(learning on collects).")
 _INTERPRET = flags.DEFINE_bool("interpret", False, "Interpret mode (a CPU smoke test).")
 
-ALIF = dict(a_s=0.6065, a_m=0.7788, a_a=0.9753, a_t=0.9048, beta=0.5, threshold=1.0, width=0.5)
 
 
 def tick_scan(ticks: int, collect: bool, drive, gate, vec, group, n_groups: int, signed_dtype,
@@ -65,13 +65,8 @@ def main(argv):
   b, n = _BATCH.value, _NEURONS.value
   keys = jax.random.split(jax.random.key(0), 7)
   v, i, a, tr, prop, drive, read = (0.5 * jax.random.normal(k, (b, n)) for k in keys)
-  idx = jnp.arange(n)
-  vec = jnp.stack([jnp.zeros(n), (idx % 5 == 0) * 1.0, jnp.ones(n), jnp.full(n, 0.7),
-                   jnp.ones(n), jnp.where(idx % 4 == 1, -1.0, 1.0)])
-  post = spk = jnp.zeros((b, n), jnp.bfloat16)
-  gate = jnp.ones((b,))
+  vec, gate, post, spk, group = tick_rows(b, n, _GROUPS.value)
   groups = _GROUPS.value
-  group = (idx * groups // n).astype(jnp.float32) if groups else None
   state = tuple(z.astype(_STATE.value) for z in (v, i, a, tr))
   args = state + (prop.astype(_CURRENT.value), read, post, spk)
   defaults = (neuron_update._BLOCK_ELEMS, neuron_update._NUM_WARPS)

@@ -20,7 +20,8 @@ import numpy as np
 from neurogen_jax import ops, readout
 from neurogen_jax.config import BrainConfig
 from neurogen_jax.connectivity import Connectivity, build_connectivity, init_tiles
-from neurogen_jax.neurons import NeuronState, init_neuron_state, neuron_tick, signed_spikes
+from neurogen_jax.neurons import (NeuronState, Propagation, init_neuron_state, neuron_tick,
+                                  signed_spikes)
 from neurogen_jax.phases import phase_of_tick, phase_table
 
 # How sharply the basal ganglia's Go-NoGo difference opens Broca's gate.
@@ -272,17 +273,13 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     # ticks of the token, no per-phase loop and no conditional).
     gain_RxK, learn_N = table.gain_PxRxK[p], table.learn_PxN[p]
     read, bg_on = table.read_P[p], table.bg_gate_P[p]
-    # One ALIF stream on Pallas: the event kernel's K partial sums go to the tick kernel,
-    # which adds them (no separate sum kernel); else [B, N].
-    prop_BxN = ops.propagate(q_BxN, params.tiles, conn.col_RxK, gain_RxK,
-                             config.implementation, events_variant=config.events_variant,
-                             partials=config.neuron_model == "alif",
-                             out_dtype=config.current_dtype)
     gate_B = (jnp.where(bg_on > 0, bg_gate_from_means(go_nogo_Bx2), 1.0) if has_bg
               else jnp.ones((bsz,), jnp.float32))
-    # Input current, neuron update and the token's sums in one op (one kernel with Pallas).
+    # The propagation of the last tick's spikes, input current, neuron update and the
+    # token's sums (with Pallas: two kernels, or one with config.fuse_propagation; one ALIF
+    # stream goes event-driven, the event kernel's K partial sums added up by the tick).
     ns, q_BxN, read_BxN, post_BxN, spikes_BxN, counts_BxG = neuron_tick(
-        config, ns, prop_BxN, drive_BxN, gate_B, vec_Px6xN[p], acc.read_BxN,
+        config, ns, Propagation(q_BxN, params.tiles, conn.col_RxK, gain_RxK), drive_BxN, gate_B, vec_Px6xN[p], acc.read_BxN,
         acc.post_BxN if collect else None, acc.spikes_BxN if collect else None,
         signed_dtype=signed_dtype, group_N=group_N, n_groups=n_groups, write_s=False)
     acc = acc._replace(read_BxN=read_BxN, read_ticks=acc.read_ticks + read)

@@ -199,6 +199,11 @@ class BrainConfig:
   # Which Pallas event-driven kernel propagates a single stream (implementation="pallas",
   # B = 1); see `pallas.events.propagate_events_pallas`.
   events_variant: Literal["tiles", "rows", "atomic"] = "tiles"
+  # implementation="pallas", ALIF, B a multiple of 16: the tick's propagation runs inside the
+  # neuron tick's kernel (`ops.propagate_tick`): the current stays in registers (float32;
+  # current_dtype does not apply) and is never written and read back. Exact, but measured
+  # 1.4-1.7x slower than the two kernels on an H200 (docs/KERNELS.md): off by default.
+  fuse_propagation: bool = False
 
   def __post_init__(self):
     names = [a.name for a in self.areas]
@@ -278,6 +283,8 @@ class BrainConfig:
         or self.tick_unroll < 0):
       raise ValueError(f"tick_unroll must be an integer >= 0 (0 = auto: all ticks of a token "
                        f"when B = 1 on a GPU, else 1), got {self.tick_unroll!r}")
+    if not isinstance(self.fuse_propagation, bool):
+      raise ValueError(f"fuse_propagation must be True or False, got {self.fuse_propagation!r}")
     if self.events_variant not in EVENTS_VARIANTS:
       raise ValueError(f"events_variant must be one of {EVENTS_VARIANTS}, got "
                        f"{self.events_variant!r}")

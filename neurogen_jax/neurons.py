@@ -109,20 +109,33 @@ def neuron_step(config: BrainConfig, st: NeuronState, cur_BxN: jax.Array,
   return alif_step(config, st, cur_BxN, theta_N)
 
 
-def neuron_tick(config: BrainConfig, st: NeuronState, prop_BxN: jax.Array, drive_BxN: jax.Array,
-                gate_B: jax.Array, vec_6xN: jax.Array, read_BxN: jax.Array,
+class Propagation(NamedTuple):
+  """What a tick propagates: the previous tick's signed spikes q_BxN through the
+  block-sparse tiles (`ops.propagate`'s layout) with this tick's per-tile gains."""
+
+  q_BxN: jax.Array
+  w_RxKxTxT: jax.Array
+  col_RxK: jax.Array
+  gain_RxK: jax.Array
+
+
+def neuron_tick(config: BrainConfig, st: NeuronState, spikes_in: Propagation,
+                drive_BxN: jax.Array, gate_B: jax.Array, vec_6xN: jax.Array, read_BxN: jax.Array,
                 post_BxN: jax.Array | None = None, spikes_BxN: jax.Array | None = None,
                 signed_dtype=jnp.bfloat16, group_N: jax.Array | None = None, n_groups: int = 0,
                 write_s: bool = True
                 ) -> tuple[NeuronState, jax.Array, jax.Array, jax.Array | None, jax.Array | None,
                            jax.Array | None]:
-  """One tick of the brain's neurons with its input current and per-token sums.
+  """One tick of the brain's neurons: the propagation of the previous tick's spikes, the
+  input current, the neuron update and the per-token sums.
 
+  prop = `ops.propagate`(spikes_in) (its current in `config.current_dtype`);
   cur = prop * (gate_B where gate_mask) + drive * gain; the neuron model's step; then
   q = s * sign (the signed spikes the next tick propagates, in `signed_dtype`),
   read += read_weight * tr and, when post/spikes are given, post += psi(x) * learn and
   spikes += s. vec_6xN rows: `neuron_update.TICK_VEC_ROWS` (theta, gate_mask, gain, read,
-  learn, sign). ALIF runs it as one op (`ops.alif_tick`: one fused kernel with Pallas).
+  learn, sign). ALIF runs it as `ops.propagate_tick`: with Pallas two kernels (the
+  propagation, then the whole neuron tick), or one with `config.fuse_propagation`.
   With group_N and n_groups > 0 it also counts the tick's spikes per group (`group_counts`;
   the Pallas kernel does so as it writes them). write_s=False (ALIF): the returned state
   keeps st.s, not this tick's spikes, which the caller rebuilds as q * sign when it needs
@@ -131,6 +144,8 @@ def neuron_tick(config: BrainConfig, st: NeuronState, prop_BxN: jax.Array, drive
   given, counts when there are no groups.
   """
   if config.neuron_model == "izhikevich":
+    prop_BxN = ops.propagate(*spikes_in, config.implementation,
+                             events_variant=config.events_variant, out_dtype=config.current_dtype)
     theta_N, mask_N, gain_N, read_N, learn_N, sign_N = vec_6xN
     cur_BxN = compose_current(prop_BxN, drive_BxN, gate_B[:, None], mask_N, gain_N)
     st, x_BxN = izhikevich_step(config, st, cur_BxN, theta_N)
@@ -139,10 +154,12 @@ def neuron_tick(config: BrainConfig, st: NeuronState, prop_BxN: jax.Array, drive
                       config.surrogate_width)
     counts_BxG = ops.group_counts(st.s, group_N, n_groups) if n_groups else None
   else:
-    outs = ops.alif_tick(st.v, st.i, st.a, st.tr, prop_BxN, drive_BxN, gate_B, vec_6xN,
-                         read_BxN, post_BxN, spikes_BxN, group_N, **alif_constants(config),
-                         signed_dtype=signed_dtype, n_groups=n_groups, write_s=write_s,
-                         implementation=config.implementation)
+    outs = ops.propagate_tick(*spikes_in, st.v, st.i, st.a, st.tr, drive_BxN, gate_B, vec_6xN,
+                              read_BxN, post_BxN, spikes_BxN, group_N, **alif_constants(config),
+                              signed_dtype=signed_dtype, n_groups=n_groups, write_s=write_s,
+                              implementation=config.implementation,
+                              fuse=config.fuse_propagation, events_variant=config.events_variant,
+                              out_dtype=config.current_dtype)
     if n_groups:
       outs, counts_BxG = outs[:-1], outs[-1]
     else:

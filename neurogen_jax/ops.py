@@ -31,7 +31,7 @@ Implementation = Literal["xla", "pallas"]
 
 __all__ = [
     "Implementation", "alif_tick", "alif_tick_reference", "alif_update", "alif_update_reference",
-    "build_fanout", "group_counts", "propagate",
+    "build_fanout", "group_counts", "propagate", "propagate_tick",
     "propagate_events", "propagate_reference", "SynapseRules", "SynapseStats", "synapse_update",
     "synapse_update_reference", "tile_outer", "tile_outer_reference",
     "tile_update", "tile_update_reference",
@@ -167,3 +167,33 @@ def alif_tick(v_BxN: jax.Array, i_BxN: jax.Array, a_BxN: jax.Array, tr_BxN: jax.
   if implementation == "pallas":
     return pallas_neuron.alif_tick(*args, **kw)
   return alif_tick_reference(*args, **kw)
+
+
+def propagate_tick(q_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array,
+                   gain_RxK: jax.Array, v_BxN: jax.Array, i_BxN: jax.Array, a_BxN: jax.Array,
+                   tr_BxN: jax.Array, drive_BxN: jax.Array, gate_B: jax.Array,
+                   vec_6xN: jax.Array, read_BxN: jax.Array, post_BxN: jax.Array | None = None,
+                   spikes_BxN: jax.Array | None = None, group_N: jax.Array | None = None, *,
+                   a_s: float, a_m: float, a_a: float, a_t: float, beta: float,
+                   threshold: float, width: float, signed_dtype=jnp.bfloat16, n_groups: int = 0,
+                   write_s: bool = True, implementation: Implementation = "xla",
+                   fuse: bool = True, events_variant: str = "tiles", out_dtype=jnp.float32):
+  """A whole ALIF tick from the previous tick's signed spikes q: `propagate` then
+  `alif_tick` -> alif_tick's results.
+
+  With "pallas", fuse=True and B a multiple of 16 streams, one kernel does both
+  (`neuron_update.propagate_tick`: the current is summed and used in float32 registers, so
+  out_dtype does not apply). Otherwise the two ops, the propagation's current in out_dtype
+  (B = 1 on Pallas: the event kernel's K partial sums, which the tick adds up).
+  """
+  _check(implementation)
+  kw = dict(a_s=a_s, a_m=a_m, a_a=a_a, a_t=a_t, beta=beta, threshold=threshold, width=width,
+            signed_dtype=signed_dtype, n_groups=n_groups, write_s=write_s)
+  tick_args = (v_BxN, i_BxN, a_BxN, tr_BxN, drive_BxN, gate_B, vec_6xN, read_BxN, post_BxN,
+               spikes_BxN, group_N)
+  b = v_BxN.shape[0]
+  if implementation == "pallas" and fuse and pallas_neuron.fused_block_b(b):
+    return pallas_neuron.propagate_tick(q_BxN, w_RxKxTxT, col_RxK, gain_RxK, *tick_args, **kw)
+  prop_BxN = propagate(q_BxN, w_RxKxTxT, col_RxK, gain_RxK, implementation,
+                       events_variant=events_variant, partials=True, out_dtype=out_dtype)
+  return alif_tick(*tick_args[:4], prop_BxN, *tick_args[4:], **kw, implementation=implementation)

@@ -61,6 +61,7 @@ SLOW_FILES = {
     "test_readout_areas.py": 45,
     "test_slow_readout.py": 45,
     "test_state_dtype.py": 70,
+    "test_fused_tick.py": 80,
     "test_evaluate.py": 40,
     "test_fuzz.py": 30,
     "test_numerics.py": 30,
@@ -100,7 +101,8 @@ def kernels_on_this_device(monkeypatch):
   if jax.devices()[0].platform != "gpu":
     from neurogen_jax.pallas import events, neuron_update, propagate
     for module, name in ((events, "propagate_events_pallas"), (propagate, "propagate"),
-                         (neuron_update, "alif_update"), (neuron_update, "alif_tick")):
+                         (neuron_update, "alif_update"), (neuron_update, "alif_tick"),
+                         (neuron_update, "propagate_tick")):
       monkeypatch.setattr(module, name, functools.partial(getattr(module, name), interpret=True))
   from neurogen_jax import brain
   brain.cognitive_step.clear_cache()

@@ -19,11 +19,17 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from neurogen_jax.pallas import propagate
+
 # Elements per program: enough to stream, few enough that 11 live [block] arrays stay in
 # registers.
 _BLOCK_ELEMS = 2048
 _MAX_BLOCK_N = 1024
 _NUM_WARPS = 4
+# The fused propagation + tick (`propagate_tick`): one program per (batch tile, 128-neuron
+# post block); the tile products want the propagation kernel's pipelining.
+_FUSED_NUM_WARPS = 4
+_FUSED_NUM_STAGES = 3
 
 
 class AlifConstants(NamedTuple):
@@ -269,10 +275,18 @@ _GROUP_ROW = len(TICK_VEC_ROWS)
 
 
 def _tick_kernel(*refs, constants: AlifConstants, collect: bool, signed_dtype, partials: bool,
-                 n_groups: int, write_s: bool):
+                 n_groups: int, write_s: bool, fused_block_b: int = 0):
   n_in = 11 if collect else 9
-  ins, outs = refs[:n_in], refs[n_in:]
-  v, i, a, tr, prop = (r[...] for r in ins[:5])
+  if fused_block_b:  # the propagation runs here: (col, gain, q, w) lead, prop is not an input
+    col_ref, gain_ref, q_ref, w_ref = refs[:4]
+    ins, outs = refs[4:3 + n_in], refs[3 + n_in:]
+    ins = ins[:4] + (None,) + ins[4:]
+    prop = propagate.block_current(col_ref, gain_ref, q_ref, w_ref, pl.program_id(0),
+                                   pl.program_id(1), block_b=fused_block_b)
+  else:
+    ins, outs = refs[:n_in], refs[n_in:]
+    prop = ins[4][...]
+  v, i, a, tr = (r[...] for r in ins[:4])
   gate = ins[6][...]
   if partials:  # [K, block_n] partial sums of one stream's propagation
     prop = jnp.sum(prop, axis=0, keepdims=True)
@@ -291,10 +305,16 @@ def _tick_kernel(*refs, constants: AlifConstants, collect: bool, signed_dtype, p
                     lambda x: (x > 0).astype(x.dtype), signed_dtype)
   if n_groups:  # this block's spikes per group: [block_b, G_pad], one reduction over the block
     g_pad, block_n = outs[-1].shape[1], v.shape[1]
-    group = ins[7][_GROUP_ROW, :][None, :]
-    ids = jax.lax.broadcasted_iota(jnp.int32, (g_pad, block_n), 0).astype(jnp.float32)
-    onehot = (group == ids).astype(jnp.float32)
-    vals += (jnp.sum(vals[4][:, None, :] * onehot[None], axis=2),)
+    if fused_block_b:  # >= 16 rows: a tensor-core dot with the [block_n, G_pad] one-hot (exact)
+      group = ins[7][_GROUP_ROW, :][:, None]
+      ids = jax.lax.broadcasted_iota(jnp.int32, (block_n, g_pad), 1).astype(jnp.float32)
+      onehot = (group == ids).astype(jnp.bfloat16)
+      vals += (jnp.dot(vals[4].astype(jnp.bfloat16), onehot, preferred_element_type=jnp.float32),)
+    else:  # a few rows: a broadcast reduction over the block
+      group = ins[7][_GROUP_ROW, :][None, :]
+      ids = jax.lax.broadcasted_iota(jnp.int32, (g_pad, block_n), 0).astype(jnp.float32)
+      onehot = (group == ids).astype(jnp.float32)
+      vals += (jnp.sum(vals[4][:, None, :] * onehot[None], axis=2),)
   if not write_s:  # s = q * sign: the caller rebuilds it when it needs it
     vals = vals[:4] + vals[5:]
   read_at = 6 if write_s else 5  # v, i, a, tr, [s,] q, read, ...
@@ -307,12 +327,18 @@ def _tick_kernel(*refs, constants: AlifConstants, collect: bool, signed_dtype, p
       ref[...] = val
 
 
-def _tick_pallas(args, constants, collect, signed_dtype, n_groups, write_s, interpret):
+def _tick_pallas(args, constants, collect, signed_dtype, n_groups, write_s, interpret,
+                 prop_from=None, fused_block_b=0, fused_warps=0, fused_stages=0):
+  """Launch `_tick_kernel`. prop_from = (q, w, col, gain) with fused_block_b: args[4] (prop)
+  is None and each program computes its block's current from q (`propagate_tick`)."""
   if n_groups:  # the groups ride as one more row of the vector input
     args, group_N = args[:-1], args[-1]
   b, n = args[0].shape
-  partials = args[4].shape[0] != b  # B = 1 and prop holds K partial sums
-  n_pad, block_b, block_n = _layout(b, n)
+  if fused_block_b:  # one program per (batch tile, post block): the propagation's grid
+    partials, n_pad, block_b, block_n = False, n, fused_block_b, prop_from[1].shape[-1]
+  else:
+    partials = args[4].shape[0] != b  # B = 1 and prop holds K partial sums
+    n_pad, block_b, block_n = _layout(b, n)
   if n_pad != n:  # every [B, N] and the [6, N] rows; gate_B (args[6]) has no N
     args = tuple(z if k == 6 else jnp.pad(z, ((0, 0), (0, n_pad - n))) for k, z in enumerate(args))
   # Triton blocks must have power-of-2 sizes: the 6 vector rows (7 with the groups) travel
@@ -340,7 +366,8 @@ def _tick_pallas(args, constants, collect, signed_dtype, n_groups, write_s, inte
   out_specs = [spec] * len(out_dtypes)
   out_shape = [jax.ShapeDtypeStruct((b, n_pad), d) for d in out_dtypes]
   if n_groups:  # each program's [block_b, G_pad] group counts, summed over programs below
-    g_pad = pl.next_power_of_2(n_groups)
+    # (The fused kernel counts with a dot, whose operands need 16 columns.)
+    g_pad = max(pl.next_power_of_2(n_groups), 16 if fused_block_b else 1)
     out_specs.append(pl.BlockSpec((block_b, g_pad), lambda bi, ni: (bi, ni)))
     out_shape.append(jax.ShapeDtypeStruct((b, n_pad // block_n * g_pad), jnp.float32))
   # In place: v, i, a, tr; s takes prop's buffer (not the [K, N] partials: another shape;
@@ -349,21 +376,33 @@ def _tick_pallas(args, constants, collect, signed_dtype, n_groups, write_s, inte
   # store it). q is new (in the brain's tick loop the previous q is dead by then: XLA gives
   # it the same buffer).
   o = 0 if write_s else -1  # output positions after s move down by one without it
-  s_into_prop = write_s and not partials and args[4].dtype == jnp.float32
+  s_into_prop = write_s and not fused_block_b and not partials and args[4].dtype == jnp.float32
   aliases = ({0: 0, 1: 1, 2: 2, 3: 3, 8: 6 + o} | ({4: 4} if s_into_prop else {})
              | ({9: 7 + o, 10: 8 + o} if collect else {}))
+  num_warps, num_stages = _NUM_WARPS, 1
+  if fused_block_b:
+    # The propagation's inputs lead (col, gain, q whole; post block r's K weight tiles);
+    # prop is no input, so the tick's input positions after it move down by one.
+    q, w, col, gain = prop_from
+    k_slots, t = w.shape[1], w.shape[-1]
+    full = pl.BlockSpec()
+    in_specs = [full, full, full, pl.BlockSpec((None, k_slots, t, t), lambda bi, ni: (ni, 0, 0, 0))
+                ] + in_specs[:4] + in_specs[5:]
+    args = (col.astype(jnp.int32), gain.astype(jnp.float32), q, w) + args[:4] + args[5:]
+    aliases = {k + (4 if k < 4 else 3): v for k, v in aliases.items()}
+    num_warps, num_stages = fused_warps or _FUSED_NUM_WARPS, fused_stages or _FUSED_NUM_STAGES
   outs = pl.pallas_call(
       functools.partial(_tick_kernel, constants=constants, collect=collect,
                         signed_dtype=signed_dtype, partials=partials, n_groups=n_groups,
-                        write_s=write_s),
+                        write_s=write_s, fused_block_b=fused_block_b),
       grid=(b // block_b, n_pad // block_n),
       in_specs=in_specs,
       out_specs=out_specs,
       out_shape=out_shape,
       input_output_aliases=aliases,
-      compiler_params=plgpu.CompilerParams(num_warps=_NUM_WARPS, num_stages=1),
+      compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
       interpret=interpret,
-      name="alif_tick",
+      name="propagate_tick" if fused_block_b else "alif_tick",
   )(*args)
   if n_groups:
     counts = outs[-1].reshape(b, -1, g_pad).sum(axis=1)[:, :n_groups]
@@ -419,6 +458,19 @@ def alif_tick(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN,
   `signed_dtype`; the state and sums are updated in place where XLA can donate them.
   Differentiable (the reference's vjp).
   """
+  kw = dict(a_s=a_s, a_m=a_m, a_a=a_a, a_t=a_t, beta=beta, threshold=threshold, width=width,
+            signed_dtype=signed_dtype, n_groups=n_groups, write_s=write_s, interpret=interpret)
+  args, constants = _tick_args(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN,
+                               read_BxN, post_BxN, spikes_BxN, group_N, **kw)
+  return _tick(args, constants, post_BxN is not None, jnp.dtype(signed_dtype), int(n_groups),
+               bool(write_s), interpret)
+
+
+def _tick_args(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN, read_BxN,
+               post_BxN, spikes_BxN, group_N, *, a_s, a_m, a_a, a_t, beta, threshold, width,
+               signed_dtype, n_groups, write_s, interpret):
+  """Check `alif_tick`'s arguments -> (the kernel's argument tuple, AlifConstants)."""
+  del signed_dtype, write_s, interpret
   b, n = v_BxN.shape
   collect = post_BxN is not None
   if collect != (spikes_BxN is not None):
@@ -452,5 +504,104 @@ def alif_tick(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN,
     args += (post_BxN, spikes_BxN)
   if n_groups:
     args += (f32(group_N),)
-  return _tick(args, constants, collect, jnp.dtype(signed_dtype), int(n_groups), bool(write_s),
-               interpret)
+  return args, constants
+
+
+# ------------------------------------------------------- the propagation in the tick kernel
+#
+# `propagate_tick` = `propagate` then `alif_tick`, in one kernel: the program of (batch
+# tile, post block r) computes its block's current from the previous tick's spikes with the
+# propagation's tile products (`propagate.block_current`) and runs the tick on it at once,
+# so the current is never written to memory and read back, and the tensor-core products of
+# some programs overlap the state traffic of others.
+
+
+def propagate_tick_reference(q_BxN, w_RxKxTxT, col_RxK, gain_RxK, v_BxN, i_BxN, a_BxN, tr_BxN,
+                             drive_BxN, gate_B, vec_6xN, read_BxN, post_BxN=None,
+                             spikes_BxN=None, group_N=None, **tick_kw):
+  """`alif_tick_reference` on the float32 current `propagate_reference(q, w, col, gain)`."""
+  prop_BxN = propagate.propagate_reference(q_BxN, w_RxKxTxT, col_RxK, gain_RxK)
+  return alif_tick_reference(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN,
+                             read_BxN, post_BxN, spikes_BxN, group_N, **tick_kw)
+
+
+def fused_block_b(b: int) -> int:
+  """The batch tile of `propagate_tick` for B streams: the largest power of two dividing B,
+  at most 64; 0 when it is below the tensor-core dot's 16 rows (then it cannot fuse)."""
+  block_b = _largest_pow2_divisor(b, 64)
+  return block_b if block_b >= propagate.MIN_BLOCK_B else 0
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7, 8, 9))
+def _fused(args, prop_from, constants, collect, signed_dtype, n_groups, write_s, block_b,
+           launch, interpret):
+  return _tick_pallas(args, constants, collect, signed_dtype, n_groups, write_s, interpret,
+                      prop_from=prop_from, fused_block_b=block_b, fused_warps=launch[0],
+                      fused_stages=launch[1])
+
+
+def _fused_fwd(args, prop_from, constants, collect, signed_dtype, n_groups, write_s, block_b,
+               launch, interpret):
+  return _fused(args, prop_from, constants, collect, signed_dtype, n_groups, write_s, block_b,
+                launch, interpret), (args, prop_from)
+
+
+def _fused_bwd(constants, collect, signed_dtype, n_groups, write_s, block_b, launch,
+               interpret, res, g):
+  """The vjp of the unfused pair (the Pallas propagation's, then the tick's)."""
+  del launch
+  args, (q, w, col, gain) = res
+
+  def unfused(args, q, w, gain):
+    prop = propagate.propagate(q, w, col, gain, block_b=block_b, interpret=interpret)
+    return _tick(args[:4] + (prop,) + args[5:], constants, collect, signed_dtype, n_groups,
+                 write_s, interpret)
+
+  _, vjp = jax.vjp(unfused, args, q, w, gain)
+  d_args, d_q, d_w, d_gain = vjp(g)
+  return d_args, (d_q, d_w, None, d_gain)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def propagate_tick(q_BxN, w_RxKxTxT, col_RxK, gain_RxK, v_BxN, i_BxN, a_BxN, tr_BxN, drive_BxN,
+                   gate_B, vec_6xN, read_BxN, post_BxN=None, spikes_BxN=None, group_N=None, *,
+                   a_s: float, a_m: float, a_a: float, a_t: float, beta: float,
+                   threshold: float, width: float, signed_dtype=jnp.bfloat16, n_groups: int = 0,
+                   write_s: bool = True, block_b: int | None = None, num_warps: int = 0,
+                   num_stages: int = 0, interpret: bool = False):
+  """Pallas `propagate_tick_reference`: the block-sparse propagation of the spikes q_BxN
+  (`propagate.propagate`'s layout: w_RxKxTxT, col_RxK, gain_RxK) and the neuron tick
+  (`alif_tick`, all its other arguments and results) in one kernel.
+
+  The current stays in float32 registers (never stored). One program per (batch tile of
+  `block_b` streams, post block of T neurons); block_b (default `fused_block_b(B)`) must be
+  a power of two >= 16 that divides B: with fewer streams use `propagate` + `alif_tick`.
+  num_warps, num_stages: the launch (0 = the defaults `_FUSED_NUM_WARPS`, `_FUSED_NUM_STAGES`;
+  the stages pipeline the tile loads of the propagation's loop).
+  q_BxN must not be the buffer of the returned q (XLA keeps them apart: q is an input).
+  Differentiable (the unfused pair's vjp).
+  """
+  b, n = v_BxN.shape
+  r, k_slots, t, t2 = w_RxKxTxT.shape
+  if t != t2 or n != r * t or q_BxN.shape != (b, n) or col_RxK.shape != (r, k_slots) or (
+      gain_RxK.shape != (r, k_slots)):
+    raise ValueError(f"propagate_tick: inconsistent shapes q {q_BxN.shape}, v {v_BxN.shape}, "
+                     f"w {w_RxKxTxT.shape}, col {col_RxK.shape}, gain {gain_RxK.shape}; "
+                     "expected q and v [B, N] with N = R*T and col, gain [R, K].")
+  block_b = fused_block_b(b) if block_b is None else block_b
+  if block_b < propagate.MIN_BLOCK_B or block_b & (block_b - 1) or b % block_b:
+    raise ValueError(f"propagate_tick: B = {b} streams need a batch tile that is a power of two "
+                     f">= {propagate.MIN_BLOCK_B} dividing B (got block_b={block_b}); with fewer "
+                     "streams call propagate and alif_tick (ops.propagate_tick does).")
+  # alif_tick checks the tick's arguments; a zero current of the right shape stands in.
+  tick_args = (v_BxN, i_BxN, a_BxN, tr_BxN, jnp.zeros((b, n), jnp.float32), drive_BxN, gate_B,
+               vec_6xN, read_BxN, post_BxN, spikes_BxN, group_N)
+  kw = dict(a_s=a_s, a_m=a_m, a_a=a_a, a_t=a_t, beta=beta, threshold=threshold, width=width,
+            signed_dtype=signed_dtype, n_groups=n_groups, write_s=write_s, interpret=interpret)
+  args, constants = _tick_args(*tick_args, **kw)
+  args = args[:4] + (None,) + args[5:]
+  return _fused(args, (q_BxN, w_RxKxTxT, col_RxK, gain_RxK), constants, post_BxN is not None,
+                jnp.dtype(signed_dtype), int(n_groups), bool(write_s), int(block_b),
+                (int(num_warps), int(num_stages)), interpret)

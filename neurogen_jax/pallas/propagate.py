@@ -7,8 +7,9 @@ Layout (see `neurogen_jax.ops`): post block r reads K tiles; tile k reads pre bl
 One program per (batch tile, post block r) loops over the K tiles of r: it loads the
 spike block spk[batch tile, col[r,k]*T : +T] (the gather happens in the body: Triton's
 index maps cannot read `col`), multiplies it with the T x T tile on the tensor cores with
-float32 accumulation, and scales by gain[r, k]. The batch tiles of one r are adjacent in
-the launch order, so they share the weight tile through L2. Two lowerings:
+float32 accumulation, and scales by gain[r, k] (`block_current`, which the fused tick
+kernel shares). By default the batch tiles of one r are adjacent in the launch order, so
+they share the weight tile through L2 (`tile_order` groups them otherwise). Two lowerings:
 - "triton" (`_kernel`, the default): dynamic-slice loads of the spike block from the
   whole spike array, `jnp.dot`; batch tiles of 16-64 rows; int8 spikes are converted in
   the kernel.
@@ -20,6 +21,7 @@ docs/KERNELS.md has the measured times of both.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -67,9 +69,10 @@ def batch_blocking(b: int, block_b: int | None = None) -> tuple[int, int]:
   return pl.cdiv(b, block_b) * block_b, block_b
 
 
-def _kernel(col_ref, gain_ref, spk_ref, w_ref, out_ref, *, block_b: int):
-  """One (batch tile, post block r): out = sum_k gain[r,k] spk[:, col[r,k]-block] @ w[r,k]."""
-  b, r = pl.program_id(0), pl.program_id(1)
+def block_current(col_ref, gain_ref, spk_ref, w_ref, b, r, *, block_b: int) -> jax.Array:
+  """Triton body: the current of (batch tile b, post block r), float32 [block_b, T]:
+  sum_k gain[r,k] spk[b-tile, col[r,k]-block] @ w[r,k] (w_ref holds post block r's K tiles).
+  Shared by `propagate` and the fused tick (`neuron_update.propagate_tick`)."""
   k_slots, tile, _ = w_ref.shape
   rows = pl.ds(pl.multiple_of(b * block_b, block_b), block_b)
 
@@ -79,8 +82,23 @@ def _kernel(col_ref, gain_ref, spk_ref, w_ref, out_ref, *, block_b: int):
     part = jnp.dot(spk, w_ref[k], preferred_element_type=jnp.float32)
     return acc + part * gain_ref[r, k]
 
-  acc = jax.lax.fori_loop(0, k_slots, body, jnp.zeros((block_b, tile), jnp.float32))
-  out_ref[...] = acc.astype(out_ref.dtype)
+  return jax.lax.fori_loop(0, k_slots, body, jnp.zeros((block_b, tile), jnp.float32))
+
+
+def tile_order(g, n_b: int, n_r: int, group: int):
+  """Program g of the 1-D launch -> (batch tile b, post block r). Programs run in groups of
+  `group` batch tiles: within a group b fastest, then r; the groups one after another. The
+  programs running together share the weight tiles of a few r and the spike rows of
+  `group` batch tiles through L2 (group = n_b: every batch tile of one r, then the next r)."""
+  b_sub, r = g % group, (g // group) % n_r
+  return (g // (group * n_r)) * group + b_sub, r
+
+
+def _kernel(col_ref, gain_ref, spk_ref, w_ref, out_ref, *, block_b: int, order):
+  """One (batch tile, post block r): out = sum_k gain[r,k] spk[:, col[r,k]-block] @ w[r,k]."""
+  b, r = tile_order(pl.program_id(0), *order)
+  out_ref[...] = block_current(col_ref, gain_ref, spk_ref, w_ref, b, r,
+                               block_b=block_b).astype(out_ref.dtype)
 
 
 def _mosaic_kernel(col_gmem, gain_gmem, spk_gmem, w_gmem, out_gmem, *, block_b: int,
@@ -146,7 +164,7 @@ def _propagate_mosaic(spk, w_RxKxTxT, col_RxK, gain_RxK, block_b, interpret):
 
 
 def _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype,
-                      interpret):
+                      interpret, b_group=None):
   if backend == "mosaic_gpu":
     block_b = block_b or MOSAIC_BLOCK_B
     if block_b % MOSAIC_BLOCK_B:
@@ -164,16 +182,19 @@ def _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, o
     out = _propagate_mosaic(spk, w_RxKxTxT, col_RxK, gain_RxK, block_b, interpret)[:b]
     return out.astype(out_dtype)
   full = pl.BlockSpec()  # the whole array
+  n_b = b_pad // block_b
+  group = n_b if b_group is None else math.gcd(n_b, b_group)
+  order = (n_b, r, group)
   out = pl.pallas_call(
-      functools.partial(_kernel, block_b=block_b),
-      grid=(b_pad // block_b, r),
+      functools.partial(_kernel, block_b=block_b, order=order),
+      grid=(n_b * r,),
       in_specs=[
           full,  # col
           full,  # gain
           full,  # spikes: sliced in the body by col
-          pl.BlockSpec((None, k_slots, t, t), lambda i, j: (j, 0, 0, 0)),
+          pl.BlockSpec((None, k_slots, t, t), lambda g: (tile_order(g, *order)[1], 0, 0, 0)),
       ],
-      out_specs=pl.BlockSpec((block_b, t), lambda i, j: (i, j)),
+      out_specs=pl.BlockSpec((block_b, t), lambda g: tile_order(g, *order)),
       out_shape=jax.ShapeDtypeStruct((b_pad, n), out_dtype),
       compiler_params=plgpu.CompilerParams(num_warps=8 if block_b >= 128 else 4, num_stages=3),
       interpret=interpret,
@@ -182,23 +203,24 @@ def _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, o
   return out[:b]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype, interpret):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype, b_group,
+               interpret):
   return _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype,
-                           interpret)
+                           interpret, b_group)
 
 
-def _propagate_fwd(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype,
+def _propagate_fwd(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype, b_group,
                    interpret):
   out = _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype,
-                          interpret)
+                          interpret, b_group)
   return out, (spk_BxN, w_RxKxTxT, col_RxK, gain_RxK)
 
 
-def _propagate_bwd(block_b, backend, out_dtype, interpret, res, g_BxN):
+def _propagate_bwd(block_b, backend, out_dtype, b_group, interpret, res, g_BxN):
   """d spk through the reference's transpose (a scatter-add); d w and d gain from the
   block-sparse outer product spk^T g on the existing tiles (the plasticity kernel)."""
-  del block_b, backend, out_dtype
+  del block_b, backend, out_dtype, b_group
   spk_BxN, w_RxKxTxT, col_RxK, gain_RxK = res
   g_BxN = g_BxN.astype(jnp.float32)  # the reference's output dtype
   _, spk_vjp = jax.vjp(lambda s: propagate_reference(s, w_RxKxTxT, col_RxK, gain_RxK), spk_BxN)
@@ -217,7 +239,7 @@ _propagate.defvjp(_propagate_fwd, _propagate_bwd)
 
 def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain_RxK: jax.Array,
               *, block_b: int | None = None, backend: str = "triton", out_dtype=jnp.float32,
-              interpret: bool = False) -> jax.Array:
+              b_group: int | None = None, interpret: bool = False) -> jax.Array:
   """Pallas block-sparse propagation, the same function as `propagate_reference`.
 
   spk_BxN: spikes with the Dale sign applied (values in {-1, 0, 1}; int8, bf16 or f32;
@@ -230,6 +252,10 @@ def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain
   out_dtype: float32 (default) or bfloat16: the sums accumulate in float32 either way;
     bfloat16 halves the bytes the Triton kernel writes and the neuron tick reads (the
     Mosaic GPU kernel writes float32 and is cast afterwards, one more pass).
+  b_group: the Triton kernel's launch order (`tile_order`): programs run in groups of this
+    many batch tiles (None = all of them: every batch tile of a post block, then the next
+    post block). The result is the same; the L2 reuse of weights and spikes is not (on an
+    H200 at B = 2,048 no grouping beat the default: docs/KERNELS.md).
   Returns [B, N] in out_dtype. Differentiable (custom_vjp) in spk, w and gain.
   """
   r, k_slots, t, t2 = w_RxKxTxT.shape
@@ -242,5 +268,7 @@ def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain
   out_dtype = jnp.dtype(out_dtype)
   if out_dtype not in CURRENT_DTYPES:
     raise ValueError(f"propagate: out_dtype must be float32 or bfloat16, got {out_dtype}")
-  return _propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype,
+  if b_group is not None and b_group < 1:
+    raise ValueError(f"propagate: b_group must be a positive number of batch tiles, got {b_group}")
+  return _propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype, b_group,
                     interpret)
