@@ -651,6 +651,8 @@ def load_brain(path: str | os.PathLike, *, device: jax.Device | None = None) -> 
   """Params, brain state, config, tokenizer and metadata of a checkpoint, for inference.
 
   `path` may be a checkpoint, a `checkpoints/` directory or a run directory (latest).
+  A brain trained with the Pallas kernels loads with implementation "xla" where the device
+  is not a GPU (the same function; the compiled kernels need one).
   """
   path = find_checkpoint(path)
   meta = read_metadata(path)
@@ -660,6 +662,8 @@ def load_brain(path: str | os.PathLike, *, device: jax.Device | None = None) -> 
   except (KeyError, TypeError, ValueError) as e:
     raise CheckpointError(f"{path / METADATA_FILE}: no usable brain_config/batch_size "
                           f"({type(e).__name__}: {e}).") from e
+  if config.implementation == "pallas" and (device or jax.devices()[0]).platform != "gpu":
+    config = config.replace(implementation="xla")
   params, state = jax.eval_shape(functools.partial(brain.init, config, batch=batch),
                                  jax.random.PRNGKey(0))
   items = restore_items(path, {"params": params, "brain_state": state}, device=device)

@@ -18,6 +18,12 @@ EVENTS_VARIANTS = ("tiles", "rows", "atomic")
 PHASE_NAMES = ("sensation", "perception", "integration", "selection", "action")
 
 
+# BrainConfig fields that choose how a step runs, not what it computes: a checkpoint
+# resumes or loads under other values (e.g. trained with XLA on a CPU, resumed with Pallas on
+# a GPU; the implementations compute the same function, tests/test_pallas.py).
+EXECUTION_FIELDS = ("implementation", "tick_unroll", "events_variant", "fuse_propagation")
+
+
 @dataclasses.dataclass(frozen=True)
 class AreaSpec:
   """One brain area: `size` neurons at scale 1, a fraction of them excitatory (Dale's law)."""

@@ -70,7 +70,7 @@ from tensorboardX import SummaryWriter
 from neurogen_jax import checkpoint, data, learning, readout, sharding
 from neurogen_jax import tokenizer as tokenizer_lib
 from neurogen_jax.checkpoint import CheckpointError
-from neurogen_jax.config import BrainConfig, seed_phases
+from neurogen_jax.config import EXECUTION_FIELDS, BrainConfig, seed_phases
 from neurogen_jax.corpus import DataSourceError
 from neurogen_jax.plasticity import STAT_KEYS, PlasticityConfig
 
@@ -114,9 +114,22 @@ class TrainResult:
 # ---------------------------------------------------------------- configs from the dict
 
 
+def resolve_implementation(implementation: str, config: ml_collections.ConfigDict) -> str:
+  """config.brain.implementation "auto" -> "pallas" on a GPU unless the mesh splits the
+  neurons (model > 1, where a Pallas call would gather every weight: docs/SHARDING.md),
+  else "xla"; "xla" and "pallas" stay as they are."""
+  if implementation != "auto":
+    return implementation
+  model = int(config.mesh.model) if "mesh" in config else 1
+  return "pallas" if jax.default_backend() == "gpu" and model == 1 else "xla"
+
+
 def brain_config_from(config: ml_collections.ConfigDict, vocab_size: int) -> BrainConfig:
-  """The BrainConfig of `config.brain` (see experiments/configs/common.py)."""
+  """The BrainConfig of `config.brain` (see experiments/configs/common.py);
+  implementation "auto" is resolved here (`resolve_implementation`)."""
   values = dict(config.brain.to_dict())
+  if "implementation" in values:
+    values["implementation"] = resolve_implementation(values["implementation"], config)
   ticks = values.pop("phase_ticks", None)
   known = {f.name for f in dataclasses.fields(BrainConfig)}
   unknown = sorted(set(values) - known)
@@ -135,6 +148,19 @@ def brain_config_from(config: ml_collections.ConfigDict, vocab_size: int) -> Bra
     return BrainConfig(vocab_size=vocab_size, **values)
   except (TypeError, ValueError) as e:
     raise ConfigError(f"config.brain: {e}") from e
+
+
+def signature_differences(saved: dict, current: dict) -> list[str]:
+  """What differs between a checkpoint's resume signature and this run's, ignoring the
+  brain's EXECUTION_FIELDS and filling fields newer than the checkpoint at their defaults."""
+  def model_only(signature: dict) -> dict:
+    out = dict(signature)
+    if isinstance(out.get("brain_config"), dict):
+      out["brain_config"] = {k: v for k, v in out["brain_config"].items()
+                             if k not in EXECUTION_FIELDS}
+    return out
+  return checkpoint.config_differences(model_only(with_new_config_fields(saved)),
+                                       model_only(current))
 
 
 def with_new_config_fields(signature: dict) -> dict:
@@ -380,8 +406,7 @@ class Trainer:
     meta = checkpoint.read_metadata(path)
     self.tokenizer = checkpoint.load_tokenizer(path)
     self.brain_config = brain_config_from(self.config, self.tokenizer.vocab_size)
-    changed = checkpoint.config_differences(with_new_config_fields(meta.get("signature", {})),
-                                            self._signature())
+    changed = signature_differences(meta.get("signature", {}), self._signature())
     if changed:
       raise CheckpointError(
           f"{path / checkpoint.METADATA_FILE}: the checkpoint does not match this run's "

@@ -333,3 +333,48 @@ def test_unwritable_directory_is_named(tmp_path, train_state, brain_config, opti
   abstract = checkpoint.abstract_train_state(brain_config, PCFG, optimizer, BATCH, "local")
   restored, _ = checkpoint.restore(root / "checkpoint_step_1", abstract)
   assert_trees_bit_equal(restored, train_state._replace(step=jnp.int32(1)))
+
+
+def test_implementation_auto_and_resume_across_implementations(monkeypatch):
+  """config.brain.implementation 'auto' is XLA on a CPU and Pallas on a GPU (XLA when the
+  mesh splits the neurons); a checkpoint's signature ignores how the step runs, but not
+  what it computes (state_dtype)."""
+  from experiments.configs import tiny  # pylint: disable=g-import-not-at-top
+  from neurogen_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  cfg = tiny.get_config()
+  assert cfg.brain.implementation == "auto"
+  assert train_lib.brain_config_from(cfg, 257).implementation == "xla"  # this CPU
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert train_lib.brain_config_from(cfg, 257).implementation == "pallas"
+  cfg.mesh.model = 2
+  assert train_lib.brain_config_from(cfg, 257).implementation == "xla"
+  cfg.mesh.model = 1
+  cfg.brain.implementation = "xla"  # an explicit choice stays
+  assert train_lib.brain_config_from(cfg, 257).implementation == "xla"
+  monkeypatch.undo()
+
+  def signature(**brain):
+    config = tiny_config(**brain)
+    return json.loads(json.dumps({"brain_config": checkpoint.config_to_dict(config),
+                                  "batch_size": 4}))
+  saved = signature(implementation="xla")
+  assert train_lib.signature_differences(
+      saved, signature(implementation="pallas", tick_unroll=5, fuse_propagation=True)) == []
+  assert train_lib.signature_differences(saved, signature(state_dtype="bfloat16")) == [
+      "brain_config.state_dtype: checkpoint 'float32', now 'bfloat16'"]
+  # A checkpoint from before a field existed: the field counts at its default.
+  old = json.loads(json.dumps(saved))
+  del old["brain_config"]["fuse_propagation"], old["brain_config"]["current_dtype"]
+  assert train_lib.signature_differences(old, saved) == []
+  assert train_lib.signature_differences(old, signature(current_dtype="bfloat16")) == [
+      "brain_config.current_dtype: checkpoint 'float32', now 'bfloat16'"]
+
+
+def test_a_pallas_brain_loads_with_xla_off_the_gpu(tmp_path, train_state, brain_config):
+  """Trained with the Pallas kernels (e.g. `implementation: auto` on a GPU), a checkpoint
+  loads for generation on a CPU with the XLA path, the same function; the weights as saved."""
+  info = save(tmp_path, train_state, brain_config.replace(implementation="pallas"))
+  loaded = checkpoint.load_brain(info.path)
+  want = "pallas" if jax.devices()[0].platform == "gpu" else "xla"
+  assert loaded.config == brain_config.replace(implementation=want)
+  assert_trees_bit_equal(loaded.params, train_state.params)

@@ -3,7 +3,10 @@
 Sections (read by `neurogen_jax.train.Trainer`):
   seed, run_dir, resume ('auto'|'yes'|'no'), init_from (checkpoint or run to fine-tune from)
   brain:      every BrainConfig field that a command line can set (`vocab_size` comes from
-              the tokenizer), plus `phase_ticks`, the ticks of the five phases
+              the tokenizer), plus `phase_ticks`, the ticks of the five phases;
+              implementation 'auto' (the default here) = the Pallas kernels on a GPU
+              (unless mesh.model > 1), else XLA; the execution fields (implementation,
+              tick_unroll, events_variant, fuse_propagation) may change on resume
   plasticity: every PlasticityConfig field (switches and rates of the local rules)
   data:       files (local .txt/.jsonl/.jsonl.zst/.parquet: glob, comma list or directory;
               empty = `dataset_name`), dataset_name ('shakespeare' = the default corpus,
@@ -48,10 +51,14 @@ SEED_PHASE_TICKS = inspect.signature(seed_phases).parameters["ticks"].default
 
 
 def brain_fields(**overrides) -> ml_collections.ConfigDict:
-  """Every settable BrainConfig field at its default, then `overrides`."""
+  """Every settable BrainConfig field at its default (implementation: "auto"), then
+  `overrides`."""
   values = {f.name: f.default for f in dataclasses.fields(BrainConfig)
             if f.name not in BRAIN_FIELDS_NOT_IN_CONFIG and f.default is not dataclasses.MISSING}
   values["phase_ticks"] = SEED_PHASE_TICKS
+  # "auto": the Pallas kernels on a GPU (one device or data parallel), XLA elsewhere
+  # (`train.resolve_implementation`); "xla" or "pallas" to choose.
+  values["implementation"] = "auto"
   return _with_overrides(values, overrides, "brain")
 
 
