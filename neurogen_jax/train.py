@@ -118,6 +118,9 @@ def resolve_implementation(implementation: str, config: ml_collections.ConfigDic
   """config.brain.implementation "auto" -> "pallas" on a GPU unless the mesh splits the
   neurons (model > 1, where a Pallas call would gather every weight: docs/SHARDING.md),
   else "xla"; "xla" and "pallas" stay as they are."""
+  if implementation not in ("auto", "xla", "pallas"):
+    raise ConfigError(f"config.brain.implementation must be 'auto' (Pallas on a GPU, else XLA), "
+                      f"'xla' or 'pallas', got {implementation!r}.")
   if implementation != "auto":
     return implementation
   model = int(config.mesh.model) if "mesh" in config else 1

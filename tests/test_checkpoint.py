@@ -351,6 +351,9 @@ def test_implementation_auto_and_resume_across_implementations(monkeypatch):
   cfg.mesh.model = 1
   cfg.brain.implementation = "xla"  # an explicit choice stays
   assert train_lib.brain_config_from(cfg, 257).implementation == "xla"
+  cfg.brain.implementation = "cuda"
+  with pytest.raises(train_lib.ConfigError, match="must be 'auto'.*'xla' or 'pallas'"):
+    train_lib.brain_config_from(cfg, 257)
   monkeypatch.undo()
 
   def signature(**brain):
