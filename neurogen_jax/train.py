@@ -388,8 +388,10 @@ class Trainer:
   def _load_weights(self, ts: learning.TrainState, source: Path) -> learning.TrainState:
     """init_from: the source's parameters and homeostatic thresholds; the rest stays fresh."""
     loaded = checkpoint.load_brain(source, device=self.device)
-    changed = checkpoint.config_differences(loaded.metadata["brain_config"],
-                                            checkpoint.config_to_dict(self.brain_config))
+    model_only = lambda d: {k: v for k, v in d.items() if k not in EXECUTION_FIELDS}
+    changed = checkpoint.config_differences(
+        model_only(loaded.metadata["brain_config"]),
+        model_only(checkpoint.config_to_dict(self.brain_config)))
     if changed:
       _say(f"init_from {source}: brain settings differ from the checkpoint's (weights are "
            f"reused as they are): {'; '.join(changed)}")
