@@ -527,8 +527,9 @@ def propagate_tick_reference(q_BxN, w_RxKxTxT, col_RxK, gain_RxK, v_BxN, i_BxN, 
 
 def fused_block_b(b: int) -> int:
   """The batch tile of `propagate_tick` for B streams: the largest power of two dividing B,
-  at most 64; 0 when it is below the tensor-core dot's 16 rows (then it cannot fuse)."""
-  block_b = _largest_pow2_divisor(b, 64)
+  at most 32 (the fastest of 16-64 on an H200, docs/KERNELS.md); 0 when it is below the
+  tensor-core dot's 16 rows (then it cannot fuse)."""
+  block_b = _largest_pow2_divisor(b, 32)
   return block_b if block_b >= propagate.MIN_BLOCK_B else 0
 
 
