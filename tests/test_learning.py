@@ -1,6 +1,8 @@
-"""The brain learns: each mechanism acts (and only when on), dopamine has both signs, rates
-stay in band, and a tiny brain uses context (beats the unigram; a context-shuffled control
-does not). Tiny brain (`tiny_config`, 2,496 neurons, 20 ticks per token), byte tokens."""
+"""The brain learns: each mechanism acts (and only when on), and a tiny brain uses context
+(beats the unigram; a context-shuffled control does not). Tiny brain (`tiny_config`, 2,496
+neurons, 20 ticks per token), byte tokens. The longer run with every mechanism on (dopamine
+of both signs, rates in band, capture) is tests/test_learning_long.py, a file of its own so
+that `pytest -n 2 --dist loadfile` runs the two side by side; it imports the helpers here."""
 
 import math
 
@@ -163,55 +165,6 @@ def test_tagging_routes_updates_through_a_decaying_early_component(short_runs):
   # The early part decays, so the tiles end up different from plain STDP's.
   assert not np.array_equal(np.asarray(tagged.params.tiles, np.float32),
                             np.asarray(stdp.params.tiles, np.float32))
-
-
-# ------------------------------------------------ a longer run with every mechanism on
-
-
-@pytest.fixture(scope="module")
-def long_run():
-  """All mechanisms, 4 streams x 80 chunks x 16 tokens (1,280 tokens per stream)."""
-  cfg = tiny_config()
-  ids = np.array(ByteTokenizer().encode(grammar(1, 1100)))
-  streams = streams_of(ids, 4, 16, 80)
-  return cfg, train(cfg, PlasticityConfig(), streams, 16, unigram_ids=ids), streams
-
-
-@pytest.mark.slow
-def test_dopamine_is_a_prediction_error_of_both_signs(long_run):
-  _, (_, _, history), _ = long_run
-  da = np.array([h.plastic["dopamine"] for h in history])
-  print("dopamine per chunk: min %.3f max %.3f mean %.3f, positive in %d of %d chunks"
-        % (da.min(), da.max(), da.mean(), (da > 0).sum(), da.size))
-  assert (da > 0.02).sum() >= 10 and (da < -0.02).sum() >= 10
-  assert abs(da.mean()) < da.std()  # centred: reward minus its running mean
-
-
-@pytest.mark.slow
-def test_homeostasis_keeps_every_area_in_its_band(long_run):
-  cfg, (_, ts, history), streams = long_run
-  pcfg = PlasticityConfig()
-  lo, hi = pcfg.rate_band
-  rates = np.array([h.rates_A for h in history])  # [chunks, areas]
-  print("area rates over the run: min", rates.min(axis=0), "max", rates.max(axis=0))
-  assert rates.min() > lo and rates.max() < hi, rates
-  rate_N = np.asarray(ts.brain_state.rate_N)
-  print("neurons outside the band at the end: %.4f" % np.mean((rate_N < lo) | (rate_N > hi)))
-  assert np.mean((rate_N < lo) | (rate_N > hi)) < 0.02
-  # The control: without homeostasis the other rules drive the same brain out of the band.
-  _, _, off = train(cfg, pcfg.replace(homeostasis=False), streams[:, :8 * 16 + 1], 16)
-  off_rates = np.array([h.rates_A for h in off])
-  print("without homeostasis: max area rate per chunk", off_rates.max(axis=1))
-  assert off_rates[-1].max() > 2 * hi
-
-
-@pytest.mark.slow
-def test_tags_are_captured_when_dopamine_is_high(long_run):
-  _, (_, _, history), _ = long_run
-  captured = np.array([h.plastic["captured"] for h in history])
-  tags = np.array([h.plastic["tag_fraction"] for h in history])
-  print("captured max %.2e, tag fraction max %.3f" % (captured.max(), tags.max()))
-  assert captured.max() > 0 and tags.max() > 0.05
 
 
 # --------------------------------------------------------- context: the point of it all
