@@ -41,31 +41,36 @@ jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE
 jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
-# The slowest files first (seconds, each file run alone on 2 CPU cores, 2026-12-01; the
-# rest follow in their usual order). `make test` runs two xdist workers with `--dist
-# loadfile`, which hands out whole files in this order: a slow file that starts last
-# leaves one worker alone with it at the end.
+# The slowest files first: CPU seconds of each file (its tests and the processes they
+# start) in a `make test` run on 2 cores (2026-12-02); the rest follow in their usual
+# order. `make test` runs two xdist workers with `--dist loadfile`, which hands out whole
+# files in this order (a worker takes its next file when it has two tests left): a slow
+# file that starts last leaves one worker alone with it at the end, so the big files go
+# first and the small ones fill in the end.
 SLOW_FILES = {
-    "test_train_cli.py": 260,
-    "test_learning.py": 310,
-    "test_sharding.py": 160,
-    "test_pallas.py": 155,
-    "test_reliability.py": 130,
-    "test_brain.py": 120,
-    "test_learn_cli.py": 55,
-    "test_model.py": 110,
-    "test_bad_input.py": 80,
-    "test_long_run.py": 65,
-    "test_lr_decay.py": 60,
-    "test_eprop.py": 55,
-    "test_readout_areas.py": 45,
-    "test_slow_readout.py": 45,
+    "test_pallas.py": 220,
+    "test_sharding.py": 190,
+    "test_train_cli_processes.py": 140,
+    "test_learning.py": 120,
+    "test_brain.py": 110,
+    "test_train_cli.py": 95,
+    "test_learning_long.py": 80,
+    "test_reliability.py": 80,
     "test_state_dtype.py": 70,
-    "test_fused_tick.py": 80,
-    "test_evaluate.py": 40,
-    "test_fuzz.py": 30,
-    "test_numerics.py": 30,
-    "test_checkpoint.py": 25,
+    "test_fused_tick.py": 55,
+    "test_model.py": 45,
+    "test_learn_cli.py": 40,
+    "test_eprop.py": 37,
+    "test_long_run.py": 31,
+    "test_lr_decay.py": 25,
+    "test_evaluate.py": 24,
+    "test_slow_readout.py": 22,
+    "test_readout_areas.py": 21,
+    "test_checkpoint.py": 17,
+    "test_numerics.py": 13,
+    "test_fuzz.py": 13,
+    "test_neurons.py": 7,
+    "test_bad_input.py": 6,
 }
 
 
