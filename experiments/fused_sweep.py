@@ -101,7 +101,8 @@ def main(argv):
     print(json.dumps(dict(variant=variant, batch=b, neurons=n, k=k, us_per_tick=us,
                           tokens_per_s_at_20_ticks=b / (20 * us * 1e-6),
                           state_dtype=_STATE.value, current_dtype=_CURRENT.value,
-                          collect=_COLLECT.value, groups=groups, device=jax.devices()[0].device_kind)),
+                          collect=_COLLECT.value, groups=groups,
+                          device=jax.devices()[0].device_kind)),
           flush=True)
 
 

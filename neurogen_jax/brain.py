@@ -279,7 +279,8 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     # token's sums (with Pallas: two kernels, or one with config.fuse_propagation; one ALIF
     # stream goes event-driven, the event kernel's K partial sums added up by the tick).
     ns, q_BxN, read_BxN, post_BxN, spikes_BxN, counts_BxG = neuron_tick(
-        config, ns, Propagation(q_BxN, params.tiles, conn.col_RxK, gain_RxK), drive_BxN, gate_B, vec_Px6xN[p], acc.read_BxN,
+        config, ns, Propagation(q_BxN, params.tiles, conn.col_RxK, gain_RxK), drive_BxN, gate_B,
+        vec_Px6xN[p], acc.read_BxN,
         acc.post_BxN if collect else None, acc.spikes_BxN if collect else None,
         signed_dtype=signed_dtype, group_N=group_N, n_groups=n_groups, write_s=False)
     acc = acc._replace(read_BxN=read_BxN, read_ticks=acc.read_ticks + read)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 AREA_NAMES = ("thalamus", "wernicke", "broca", "hippocampus", "pfc", "basal_ganglia")
 # The Pallas event-kernel variants (`pallas.events.propagate_events_pallas(variant=...)`).
@@ -22,6 +23,12 @@ PHASE_NAMES = ("sensation", "perception", "integration", "selection", "action")
 # resumes or loads under other values (e.g. trained with XLA on a CPU, resumed with Pallas on
 # a GPU; the implementations compute the same function, tests/test_pallas.py).
 EXECUTION_FIELDS = ("implementation", "tick_unroll", "events_variant", "fuse_propagation")
+
+
+def without_execution_fields(fields: Mapping[str, Any]) -> dict:
+  """A BrainConfig as a dict (`checkpoint.config_to_dict`) without its EXECUTION_FIELDS:
+  what two configs must share for one's checkpoint to serve the other."""
+  return {k: v for k, v in fields.items() if k not in EXECUTION_FIELDS}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from neurogen_jax import brain, checkpoint, generate, learning, plasticity, readout
-from neurogen_jax.config import EXECUTION_FIELDS, PHASE_NAMES, BrainConfig
+from neurogen_jax.config import PHASE_NAMES, BrainConfig, without_execution_fields
 from neurogen_jax.plasticity import PlasticityConfig
 
 
@@ -167,8 +167,8 @@ class NeuroGenModel:
     meta = checkpoint.read_metadata(found)
     saved = checkpoint.config_from_dict(BrainConfig, meta["brain_config"])
     # How the step runs (XLA or Pallas, unrolling) may differ from the checkpoint's.
-    saved = saved.replace(**{f: getattr(self.config, f) for f in EXECUTION_FIELDS})
-    diffs = checkpoint.config_differences(saved, self.config)
+    model_fields = lambda c: without_execution_fields(checkpoint.config_to_dict(c))
+    diffs = checkpoint.config_differences(model_fields(saved), model_fields(self.config))
     if diffs:
       raise ValueError(f"{found}: checkpoint brain config does not match this model: {'; '.join(diffs)}")
     abstract = checkpoint.abstract_train_state(self.config, self.plasticity, self.optimizer,

@@ -70,7 +70,7 @@ from tensorboardX import SummaryWriter
 from neurogen_jax import checkpoint, data, learning, readout, sharding
 from neurogen_jax import tokenizer as tokenizer_lib
 from neurogen_jax.checkpoint import CheckpointError
-from neurogen_jax.config import EXECUTION_FIELDS, BrainConfig, seed_phases
+from neurogen_jax.config import BrainConfig, seed_phases, without_execution_fields
 from neurogen_jax.corpus import DataSourceError
 from neurogen_jax.plasticity import STAT_KEYS, PlasticityConfig
 
@@ -159,8 +159,7 @@ def signature_differences(saved: dict, current: dict) -> list[str]:
   def model_only(signature: dict) -> dict:
     out = dict(signature)
     if isinstance(out.get("brain_config"), dict):
-      out["brain_config"] = {k: v for k, v in out["brain_config"].items()
-                             if k not in EXECUTION_FIELDS}
+      out["brain_config"] = without_execution_fields(out["brain_config"])
     return out
   return checkpoint.config_differences(model_only(with_new_config_fields(saved)),
                                        model_only(current))
@@ -388,10 +387,9 @@ class Trainer:
   def _load_weights(self, ts: learning.TrainState, source: Path) -> learning.TrainState:
     """init_from: the source's parameters and homeostatic thresholds; the rest stays fresh."""
     loaded = checkpoint.load_brain(source, device=self.device)
-    model_only = lambda d: {k: v for k, v in d.items() if k not in EXECUTION_FIELDS}
     changed = checkpoint.config_differences(
-        model_only(loaded.metadata["brain_config"]),
-        model_only(checkpoint.config_to_dict(self.brain_config)))
+        without_execution_fields(loaded.metadata["brain_config"]),
+        without_execution_fields(checkpoint.config_to_dict(self.brain_config)))
     if changed:
       _say(f"init_from {source}: brain settings differ from the checkpoint's (weights are "
            f"reused as they are): {'; '.join(changed)}")

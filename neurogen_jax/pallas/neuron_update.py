@@ -596,9 +596,10 @@ def propagate_tick(q_BxN, w_RxKxTxT, col_RxK, gain_RxK, v_BxN, i_BxN, a_BxN, tr_
     raise ValueError(f"propagate_tick: B = {b} streams need a batch tile that is a power of two "
                      f">= {propagate.MIN_BLOCK_B} dividing B (got block_b={block_b}); with fewer "
                      "streams call propagate and alif_tick (ops.propagate_tick does).")
-  # alif_tick checks the tick's arguments; a zero current of the right shape stands in.
-  tick_args = (v_BxN, i_BxN, a_BxN, tr_BxN, jnp.zeros((b, n), jnp.float32), drive_BxN, gate_B,
-               vec_6xN, read_BxN, post_BxN, spikes_BxN, group_N)
+  # alif_tick's checks of the tick's arguments; the current's shape and dtype stand in for it.
+  prop = jax.ShapeDtypeStruct((b, n), jnp.float32)
+  tick_args = (v_BxN, i_BxN, a_BxN, tr_BxN, prop, drive_BxN, gate_B, vec_6xN, read_BxN, post_BxN,
+               spikes_BxN, group_N)
   kw = dict(a_s=a_s, a_m=a_m, a_a=a_a, a_t=a_t, beta=beta, threshold=threshold, width=width,
             signed_dtype=signed_dtype, n_groups=n_groups, write_s=write_s, interpret=interpret)
   args, constants = _tick_args(*tick_args, **kw)
