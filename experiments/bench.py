@@ -58,6 +58,12 @@ flags.DEFINE_enum("spike_dtype", "auto", ["auto", "int8"], "BrainConfig.spike_dt
                   "propagated signed spikes (auto = the weights' dtype)")
 flags.DEFINE_enum("current_dtype", "float32", ["float32", "bfloat16"],
                   "BrainConfig.current_dtype: the propagated current")
+flags.DEFINE_enum("readout_matmul_dtype", "float32", ["float32", "bfloat16"],
+                  "BrainConfig.readout_matmul_dtype: operands of the readout's and the input "
+                  "projection's dense dots")
+flags.DEFINE_string("readout_also", "", "comma-separated BrainConfig.readout_also: further read "
+                    "areas (the best learning recipe reads thalamus,wernicke,hippocampus,pfc,"
+                    "basal_ganglia besides broca)")
 flags.DEFINE_string("fuse_propagation", "false", "comma-separated BrainConfig.fuse_propagation "
                     "values (true: the propagation inside the neuron tick's kernel; Pallas, B a "
                     "multiple of 16)")
@@ -132,7 +138,8 @@ def bench_point(config: BrainConfig, batch: int, learn: bool, n_tokens: int, rep
   if profile_dir:
     name = (f"{config.implementation}_B{batch}_learn{int(learn)}_unroll{config.tick_unroll}"
             f"_w{inference_dtype}_state{config.state_dtype}_spikes{config.spike_dtype}"
-            f"_current{config.current_dtype}_fuse{int(config.fuse_propagation)}")
+            f"_current{config.current_dtype}_fuse{int(config.fuse_propagation)}"
+            f"_readout{config.readout_matmul_dtype}_reads{len(config.readout_areas)}")
     profile_point(fn, compiled.as_text(), os.path.join(profile_dir, name), ticks)
   return {"batch": batch, "learning": learn, "implementation": config.implementation,
           "tick_unroll": config.tick_unroll,
@@ -203,7 +210,8 @@ def _report(r: dict, out) -> None:
 def _dtypes() -> dict:
   """The BrainConfig dtype fields the flags set."""
   return dict(state_dtype=FLAGS.state_dtype, spike_dtype=FLAGS.spike_dtype,
-              current_dtype=FLAGS.current_dtype)
+              current_dtype=FLAGS.current_dtype, readout_matmul_dtype=FLAGS.readout_matmul_dtype,
+              readout_also=tuple(a for a in FLAGS.readout_also.split(",") if a))
 
 
 def _with_floor(r: dict, config: BrainConfig, bandwidth: float) -> dict:
@@ -213,7 +221,9 @@ def _with_floor(r: dict, config: BrainConfig, bandwidth: float) -> dict:
            device=jax.devices()[0].device_kind, copy_bw_TBps=bandwidth / 1e12,
            date=time.strftime("%Y-%m-%d"), bytes_per_neuron=state_bytes_per_neuron(config),
            state_dtype=config.state_dtype, spike_dtype=config.spike_dtype,
-           current_dtype=config.current_dtype, fuse_propagation=config.fuse_propagation)
+           current_dtype=config.current_dtype, fuse_propagation=config.fuse_propagation,
+           readout_matmul_dtype=config.readout_matmul_dtype,
+           readout_areas=list(config.readout_areas))
   return r
 
 
@@ -252,7 +262,8 @@ def main(argv):
     base = BrainConfig(scale=FLAGS.scale, implementation=impl, **_dtypes())
     print(f"brain: {base.num_neurons} neurons, {base.num_synapses / 1e6:.1f}M synapses, "
           f"{base.ticks_per_token} ticks/token; state {base.state_dtype}, spikes "
-          f"{base.spike_dtype}, current {base.current_dtype}", flush=True)
+          f"{base.spike_dtype}, current {base.current_dtype}, readout dots "
+          f"{base.readout_matmul_dtype}, read areas {','.join(base.readout_areas)}", flush=True)
     for learn in [s == "on" for s in FLAGS.learning.split(",")]:
       for b in batches:
         done = set()  # (scan unroll, event kernel, dtype) already measured for this point

@@ -201,8 +201,25 @@ def basal_ganglia_gate(config: BrainConfig, tr_BxN: jax.Array) -> jax.Array:
   return bg_gate_from_means(bg_trace_means(config, tr_BxN))
 
 
+def read_mask_N(config: BrainConfig) -> jax.Array:
+  """[N] bool: the neurons of the read areas (`config.readout_areas`)."""
+  mask_N = jnp.zeros((config.num_neurons,), bool)
+  for name in config.readout_areas:
+    sl = config.area_slice(name)
+    mask_N = mask_N | _range_mask_N(config.num_neurons, sl.start, sl.stop)
+  return mask_N
+
+
+def spike_count_dtype(config: BrainConfig):
+  """The dtype of a token's per-neuron spike counts: bfloat16 (exact for whole numbers up
+  to 256) while a token has at most 256 ticks, else float32. (int8 counts measured slower
+  in the Pallas tick on an H200: 4,013 vs 3,921 us per B = 2,048 step, docs/BENCHMARKS.md.)"""
+  return jnp.dtype(jnp.bfloat16) if config.ticks_per_token <= 256 else jnp.dtype(jnp.float32)
+
+
 class _Acc(NamedTuple):
-  """Per-token sums carried through the ticks (bf16 where exact enough: counts <= ticks)."""
+  """Per-token sums carried through the ticks: read sums in float32, the e-prop factor in
+  bfloat16, spike counts in `spike_count_dtype` (exact: counts <= ticks)."""
 
   read_BxN: jax.Array
   post_BxN: jax.Array
@@ -238,17 +255,22 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   bsz = token_ids_B.shape[0]
 
   x_BxD = params.embed[token_ids_B]
-  drive_BxNin = readout.weights_dot(x_BxD, params.w_in)  # bf16 with `inference_params`
+  drive_BxNin = readout.weights_dot(x_BxD, params.w_in, readout.matmul_dtype(config))
   thal_gate_B = thalamic_gate(config, drive_BxNin, state.neurons.i)
-  drive_BxN = jnp.pad(drive_BxNin * thal_gate_B[:, None], ((0, 0), (0, n - n_in)))
+  # The drive is one of the tick's input currents: stored in `config.current_dtype`.
+  drive_BxN = jnp.pad(drive_BxNin * thal_gate_B[:, None], ((0, 0), (0, n - n_in))
+                      ).astype(config.current_dtype)
   input_gain_PxN = jnp.pad(table.input_gain_PxNin, ((0, 0), (0, n - n_in)))
   broca_N = _range_mask_N(n, broca.start, broca.stop)
   # Each phase's per-neuron rows for the neuron tick (`neuron_update.TICK_VEC_ROWS`):
   # theta, gate mask (Broca), drive gain, read weight, learn weight, sign.
+  # The read weight is zero outside the read areas: their read sums are never used, and
+  # the Pallas tick neither loads nor stores the read sum of a block with a zero weight.
   n_phases = input_gain_PxN.shape[0]
   per_neuron = lambda x_N: jnp.broadcast_to(x_N, (n_phases, n))
+  read_PxN = table.read_P[:, None] * read_mask_N(config)[None, :].astype(jnp.float32)
   vec_Px6xN = jnp.stack([per_neuron(state.theta_N), per_neuron(broca_N.astype(jnp.float32)),
-                         input_gain_PxN, jnp.broadcast_to(table.read_P[:, None], (n_phases, n)),
+                         input_gain_PxN, read_PxN,
                          table.learn_PxN, per_neuron(conn.sign_N.astype(jnp.float32))], axis=1)
   # The tick propagates signed spikes q = s * sign (the neuron tick writes them, in the
   # weights' dtype or int8: `BrainConfig.spike_dtype`) and counts its spikes per area and
@@ -303,7 +325,7 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   z = lambda *s: jnp.zeros(s, jnp.float32)
   h = lambda *s: jnp.zeros(s, jnp.bfloat16)
   if collect:
-    acc0 = _Acc(z(bsz, n), h(bsz, n), h(bsz, n), z(n), z())
+    acc0 = _Acc(z(bsz, n), h(bsz, n), jnp.zeros((bsz, n), spike_count_dtype(config)), z(n), z())
   else:
     acc0 = _Acc(z(bsz, n), h(0, 0), h(0, 0), z(0), z())
   phase_T = phase_of_tick(config)
@@ -327,7 +349,8 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
 
   features_BxNr = readout.read_areas(config, acc.read_BxN) / jnp.maximum(acc.read_ticks, 1.0)
   features_BxNr, slow_BxNr = readout.with_slow(config, features_BxNr, state.slow_BxNr)
-  logits_BxV = readout.logits(params.embed, params.w_out, params.b_out, features_BxNr)
+  logits_BxV = readout.logits(params.embed, params.w_out, params.b_out, features_BxNr,
+                              readout.matmul_dtype(config))
   if collect:
     denom_N = jnp.maximum(acc.learn_ticks_N, 1.0)
     pre_BxN = ns.tr.astype(jnp.float32)

@@ -192,9 +192,15 @@ class BrainConfig:
   # one byte but measured slower on an H200, the propagation converting it before its
   # tensor-core dot; bptt needs a float dtype) and the propagated current (summed in
   # float32 either way; "bfloat16" halves the bytes written by the propagation and read by
-  # the neuron tick: ~3.5% of the training step at B = 2,048). docs/KERNELS.md.
+  # the neuron tick: ~3.5% of the training step at B = 2,048; the token drive, the tick's
+  # other input current, is stored in it too). docs/KERNELS.md.
   spike_dtype: Literal["auto", "int8"] = "auto"
   current_dtype: Literal["float32", "bfloat16"] = "float32"
+  # Operand dtype of the dense dots of the readout (features -> hidden -> logits, and their
+  # gradients) and of the input projection (token drive, e-prop input gradients). The
+  # weights stay float32 and every dot accumulates in float32; "bfloat16" casts both operands
+  # (mixed precision: twice the tensor-core rate of float32's TF32 on a GPU).
+  readout_matmul_dtype: Literal["float32", "bfloat16"] = "float32"
   # Izhikevich (the original's regular-spiking parameters).
   izh_a: float = 0.02
   izh_b: float = 0.2
@@ -272,9 +278,9 @@ class BrainConfig:
     if self.spike_dtype not in ("auto", "int8"):
       raise ValueError(f"spike_dtype must be 'auto' (the weights' dtype) or 'int8', got "
                        f"{self.spike_dtype!r}")
-    if self.current_dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"current_dtype must be 'float32' or 'bfloat16', got "
-                       f"{self.current_dtype!r}")
+    for name in ("current_dtype", "readout_matmul_dtype"):
+      if getattr(self, name) not in ("float32", "bfloat16"):
+        raise ValueError(f"{name} must be 'float32' or 'bfloat16', got {getattr(self, name)!r}")
     d = self.readout_slow_decay
     if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 <= d < 1:
       raise ValueError(f"readout_slow_decay must be a number in [0, 1) (0 = no slow readout "

@@ -70,9 +70,11 @@ def init_train_state(config: BrainConfig, pcfg: PlasticityConfig, optimizer, key
                     plastic=plasticity.init_plastic_state(config, pcfg), step=jnp.zeros((), jnp.int32))
 
 
-def _readout_loss(p: dict, features_BxNr: jax.Array, targets_B: jax.Array) -> jax.Array:
-  """Mean cross entropy of the readout (w_out, b_out, embed) on fixed Broca features."""
-  logits_BxV = readout.logits(p["embed"], p["w_out"], p["b_out"], features_BxNr)
+def _readout_loss(p: dict, features_BxNr: jax.Array, targets_B: jax.Array, dtype=None
+                  ) -> jax.Array:
+  """Mean cross entropy of the readout (w_out, b_out, embed) on fixed Broca features (its
+  dots' operands in `dtype`: `readout.matmul_dtype`)."""
+  logits_BxV = readout.logits(p["embed"], p["w_out"], p["b_out"], features_BxNr, dtype)
   return jnp.mean(readout.cross_entropy(logits_BxV, targets_B))
 
 
@@ -111,7 +113,8 @@ def _local_chunk(config, pcfg, ts: TrainState, inputs_BxL, targets_BxL, axis_nam
       body, (ts.params, ts.brain_state, ts.plastic, g_in0), (inputs_BxL.T, targets_BxL.T))
   # The readout learns from the whole chunk at once: one [L*B] minibatch of Broca features.
   feats = feats_LxBxNr.reshape(-1, feats_LxBxNr.shape[-1]).astype(jnp.float32)
-  grads = jax.grad(_readout_loss)(trainable(params, "local"), feats, targets_BxL.T.reshape(-1))
+  grads = jax.grad(_readout_loss)(trainable(params, "local"), feats, targets_BxL.T.reshape(-1),
+                                  readout.matmul_dtype(config))
   if g_in is not None:
     n_tok = inputs_BxL.shape[1]
     grads["w_in"] = grads["w_in"] + g_in[0] / n_tok

@@ -82,7 +82,13 @@ class NeuroGenModel:
     self._tokens = 0
     self._reward_sum = 0.0
     with jax.default_device(self.device):
-      self.params, self.state = brain.init(self.config, jax.random.PRNGKey(seed), batch=1)
+      self.params, self.state = self._placed(brain.init(self.config, jax.random.PRNGKey(seed), batch=1))
+
+  def _placed(self, tree):
+    """`tree` committed to the model's device. jit keys its cache on whether an argument is
+    committed: arrays merely created under `jax.default_device` are not, the step's outputs
+    are, so uncommitted starting values compiled `train_chunk` a second time."""
+    return jax.device_put(tree, self.device)
 
   # ---------------------------------------------------------------- training
   def _train_state(self, batch: int) -> learning.TrainState:
@@ -98,12 +104,14 @@ class NeuroGenModel:
         fresh = brain.init_state(self.config, batch)
       old = self._ts.brain_state
       self._ts = self._ts._replace(brain_state=fresh._replace(theta_N=old.theta_N, rate_N=old.rate_N))
+    self._ts = self._placed(self._ts)
     return self._ts
 
   def set_unigram_prior(self, token_ids) -> None:
     """Starts the readout bias at the unigram log-probabilities of `token_ids`."""
     ids = check_token_ids(token_ids, self.config.vocab_size, "token_ids")
-    self.params = self.params._replace(b_out=jnp.asarray(readout.unigram_bias(ids, self.config.vocab_size)))
+    self.params = self.params._replace(
+        b_out=self._placed(jnp.asarray(readout.unigram_bias(ids, self.config.vocab_size))))
     if self._ts is not None:
       self._ts = self._ts._replace(params=self.params)
 

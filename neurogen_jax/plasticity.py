@@ -38,6 +38,7 @@ a rate of their own.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Literal, NamedTuple
 
 import jax
@@ -279,7 +280,8 @@ def learning_signal(config: BrainConfig, pcfg: PlasticityConfig, params, feedbac
     learn_BxN = err_BxD @ feedback_DxN.astype(jnp.float32)
   if pcfg.eprop_feedback in ("symmetric", "readout"):
     def ce_sum(f_BxNr):
-      lg = readout.logits(params.embed, params.w_out, params.b_out, f_BxNr)
+      lg = readout.logits(params.embed, params.w_out, params.b_out, f_BxNr,
+                          readout.matmul_dtype(config))
       return jnp.sum(readout.cross_entropy(lg, targets_B))
     g_BxNr = readout.fold_slow(config, jax.grad(ce_sum)(features_BxNr))
     learn_BxN = readout.place_read_areas(config, learn_BxN, g_BxNr)
@@ -386,9 +388,10 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
     # estimate for the optimizer (eligibility = token drive x pseudo-derivative).
     g_BxNin = (learn_BxN * aux.post_BxN)[:, :config.input_size]
     x_BxD = params.embed[tokens_B] * bstate.thal_gate_B[:, None]
-    rows_BxD = (g_BxNin @ params.w_in.T) * bstate.thal_gate_B[:, None]
-    input_grads = InputGrads(w_in_DxNin=(x_BxD.T @ g_BxNin) / bsz, embed_rows_BxD=rows_BxD / bsz,
-                             tokens_B=tokens_B)
+    dot = functools.partial(readout.weights_dot, dtype=readout.matmul_dtype(config))
+    rows_BxD = dot(g_BxNin, params.w_in.T) * bstate.thal_gate_B[:, None]
+    input_grads = InputGrads(w_in_DxNin=dot(x_BxD.T, g_BxNin) / bsz,
+                             embed_rows_BxD=rows_BxD / bsz, tokens_B=tokens_B)
 
   # 1 + 2. Hebbian family: STDP (LTP - LTD) and dopamine-gated LTP, two unscaled factor
   # groups (the kernel sums them into one accumulator, no [B*parts, N] stack is formed).
@@ -467,7 +470,7 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
       tgt = p_fields["replay_target_M"][idx]
 
       def loss(w_out, b_out):
-        lg = readout.logits(params.embed, w_out, b_out, feat)
+        lg = readout.logits(params.embed, w_out, b_out, feat, readout.matmul_dtype(config))
         return jnp.mean(readout.cross_entropy(lg, tgt)), lg
 
       (_, lg), (g_w, g_b) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(w_out, b_out)

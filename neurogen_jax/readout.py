@@ -25,22 +25,32 @@ def normalize_features(trace_BxNr: jax.Array) -> jax.Array:
   return (trace_BxNr - mean) * jax.lax.rsqrt(var + LN_EPS)
 
 
-def weights_dot(x, w):
-  """x @ w in w's dtype (bfloat16 weights: `brain.inference_params`), float32 result."""
-  return jnp.dot(x.astype(w.dtype), w, preferred_element_type=jnp.float32)
+def matmul_dtype(config):
+  """The operand dtype of the readout's and the input projection's dense dots
+  (`BrainConfig.readout_matmul_dtype`): None = the weights' own dtype, else bfloat16."""
+  return None if config.readout_matmul_dtype == "float32" else jnp.dtype(jnp.bfloat16)
 
 
-def hidden(w_out_NrxD: jax.Array, trace_BxNr: jax.Array) -> jax.Array:
+def weights_dot(x, w, dtype=None):
+  """x @ w with float32 accumulation and result. Operands in `dtype`, or by default in w's
+  dtype (bfloat16 weights: `brain.inference_params`); float32 weights stay float32 unless
+  dtype is given (mixed precision: `BrainConfig.readout_matmul_dtype`)."""
+  dtype = w.dtype if dtype is None else dtype
+  return jnp.dot(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def hidden(w_out_NrxD: jax.Array, trace_BxNr: jax.Array, dtype=None) -> jax.Array:
   """[B, D] readout hidden vector."""
   scale = 1.0 / np.sqrt(w_out_NrxD.shape[0])
-  return weights_dot(normalize_features(trace_BxNr), w_out_NrxD) * scale
+  return weights_dot(normalize_features(trace_BxNr), w_out_NrxD, dtype) * scale
 
 
 def logits(embed_VxD: jax.Array, w_out_NrxD: jax.Array, b_out_V: jax.Array,
-           trace_BxNr: jax.Array) -> jax.Array:
-  """[B, V] next-token logits from the read areas' read-phase traces (`read_areas`)."""
+           trace_BxNr: jax.Array, dtype=None) -> jax.Array:
+  """[B, V] next-token logits from the read areas' read-phase traces (`read_areas`); the
+  dots' operands in `dtype` (None: the weights' dtype; see `weights_dot`)."""
   scale = 1.0 / np.sqrt(embed_VxD.shape[1])
-  return weights_dot(hidden(w_out_NrxD, trace_BxNr), embed_VxD.T) * scale + b_out_V
+  return weights_dot(hidden(w_out_NrxD, trace_BxNr, dtype), embed_VxD.T, dtype) * scale + b_out_V
 
 
 def read_areas(config, x_BxN: jax.Array) -> jax.Array:

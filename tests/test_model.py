@@ -71,6 +71,20 @@ def test_save_load_gives_identical_generation(trained, tmp_path):
       prompt, max_length=12, temperature=0, seed=2)
 
 
+def test_train_step_compiles_once():
+  """The model's starting arrays are committed to its device like the step's outputs, so
+  the second train_step reuses the first's program (it compiled a second one before)."""
+  from neurogen_jax import learning
+  model = NeuroGenModel(vocab_size=257, embedding_dim=64, config=tiny_config(), gpu_device=None)
+  x = IDS[:9]
+  model.train_step(x[:-1], x[1:])
+  after_first = learning.train_chunk._cache_size()
+  for _ in range(2):
+    model.train_step(x[:-1], x[1:])
+  assert learning.train_chunk._cache_size() == after_first
+  assert model._tokens == 24
+
+
 def test_bad_inputs_are_clear_errors():
   model = NeuroGenModel(vocab_size=257, embedding_dim=64, config=tiny_config())
   with pytest.raises(ValueError, match=r"token id 300, outside \[0, 257\)"):

@@ -667,6 +667,38 @@ def test_alif_tick_skips_undriven_blocks_unread_sums_and_s(interpret, b, n):
   assert float(jnp.max(jnp.abs(moved[:, :n // 4]))) > 0.01
 
 
+@pytest.mark.parametrize("b,n", [(2, 64), (16, 4096)])
+def test_alif_tick_brain_dtypes_and_per_neuron_read_weights(interpret, b, n):
+  """As the brain calls it: bfloat16 spike counts (whole numbers), a bfloat16 drive (read
+  as it is, no float32 copy) and a read weight that is zero outside the read areas (here
+  the second half: whole kernel blocks at n = 4,096). The read sum there stays as it was
+  (not loaded, not stored), the first half accumulates; every output equals the
+  reference's and the counts go up by exactly the spikes."""
+  args = list(tick_inputs(41, b, n, True))
+  read_row = neuron_update.TICK_VEC_ROWS.index("read")
+  args[7] = args[7].at[read_row, n // 2:].set(0.0)
+  args[5] = args[5].astype(jnp.bfloat16)
+  want = neuron_update.alif_tick_reference(*args, **ALIF)
+  got = neuron_update.alif_tick(*args, **ALIF, interpret=interpret)
+  assert got[8].dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(got[8], np.float32), np.asarray(want[8], np.float32))
+  np.testing.assert_array_equal(np.asarray(got[8], np.float32) - np.asarray(args[10], np.float32),
+                                np.asarray(got[4]))
+  assert 0.05 < float(jnp.mean(got[4])) < 0.95
+  np.testing.assert_array_equal(np.asarray(got[6][:, n // 2:]), np.asarray(args[8][:, n // 2:]))
+  assert float(jnp.mean(got[6][:, :n // 2] - args[8][:, :n // 2])) > 0.01
+  for o, w in zip(got, want, strict=True):
+    assert o.dtype == w.dtype
+    assert_close(o.astype(jnp.float32), w.astype(jnp.float32),
+                 "bfloat16" if w.dtype == jnp.bfloat16 else "float32", 16)
+  # The bfloat16 drive is the float32 drive rounded: the same tick as from that.
+  rounded = list(args)
+  rounded[5] = args[5].astype(jnp.float32)
+  same = neuron_update.alif_tick(*rounded, **ALIF, interpret=interpret)
+  for o, w in zip(got, same, strict=True):
+    np.testing.assert_array_equal(np.asarray(o.astype(jnp.float32)), np.asarray(w.astype(jnp.float32)))
+
+
 def test_alif_tick_bad_shapes():
   args = list(tick_inputs(35, 2, 64, True))
   with pytest.raises(ValueError, match="partial sums"):  # [K, N] partials need B = 1

@@ -41,8 +41,23 @@ def test_read_areas_and_place_read_areas_are_inverse():
   assert np.all(back[:, ~keep] == 0)
 
 
-def test_features_are_broca_then_pfc_and_the_dynamics_do_not_change():
-  base, cfg = tiny_config(), _read_pfc()
+def test_only_the_read_areas_are_read():
+  """The tick's read weight is zero outside the read areas (their read sums are never used;
+  the Pallas tick skips their blocks): the mask covers exactly the read areas."""
+  for cfg in (tiny_config(), _read_pfc()):
+    mask = np.asarray(brain.read_mask_N(cfg))
+    want = np.zeros(cfg.num_neurons, bool)
+    for name in cfg.readout_areas:
+      want[cfg.area_slice(name)] = True
+    np.testing.assert_array_equal(mask, want)
+    assert mask.sum() == cfg.readout_size
+
+
+@pytest.mark.parametrize("implementation", ["xla", "pallas"])
+def test_features_are_broca_then_pfc_and_the_dynamics_do_not_change(implementation,
+                                                                   kernels_on_this_device):
+  base, cfg = tiny_config(implementation=implementation), _read_pfc()
+  cfg = cfg.replace(implementation=implementation)
   nb = base.readout_size
   params0, state0 = brain.init(base, jax.random.PRNGKey(0), 4)
   params1, state1 = brain.init(cfg, jax.random.PRNGKey(0), 4)

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 
 from experiments import bench
-from neurogen_jax import brain, learning
-from neurogen_jax.config import tiny_config
+from neurogen_jax import brain, learning, readout
+from neurogen_jax.config import seed_phases, tiny_config
 from neurogen_jax.plasticity import PlasticityConfig
 
 TOKENS = [[3, 70, 101, 200], [5, 6, 7, 8], [9, 9, 9, 9], [40, 41, 42, 43], [1, 2, 3, 4],
           [100, 50, 25, 12]]
-LEAN = dict(state_dtype="bfloat16", current_dtype="bfloat16", spike_dtype="int8")
+LEAN = dict(state_dtype="bfloat16", current_dtype="bfloat16", spike_dtype="int8",
+            readout_matmul_dtype="bfloat16")
 
 
 def _run(cfg, batch, tokens=TOKENS):
@@ -109,7 +110,47 @@ def test_benchmark_floor_counts_the_state_bytes():
     (dict(state_dtype="bfloat16", neuron_model="izhikevich"), "needs neuron_model='alif'"),
     (dict(spike_dtype="bfloat16"), "spike_dtype must be 'auto'"),
     (dict(current_dtype="int8"), "current_dtype must be 'float32' or 'bfloat16'"),
+    (dict(readout_matmul_dtype="float16"), "readout_matmul_dtype must be 'float32' or 'bfloat16'"),
 ])
 def test_bad_dtypes_are_refused(kw, match):
   with pytest.raises(ValueError, match=match):
     dataclasses.replace(tiny_config(), **kw)
+
+
+@pytest.mark.parametrize("implementation", ["xla", "pallas"])
+def test_spike_counts_are_exact(implementation, kernels_on_this_device):
+  """The token's spike counts travel through the ticks in bfloat16 (exact up to 256
+  ticks): they equal the sum of the tick-by-tick spikes (stream 0's raster) exactly; a
+  token of more than 256 ticks counts in float32."""
+  cfg = tiny_config(implementation=implementation)
+  assert brain.spike_count_dtype(cfg) == jnp.bfloat16
+  long = cfg.replace(phases=seed_phases((60, 60, 60, 40, 37), len(cfg.pathways)))
+  assert long.ticks_per_token == 257 and brain.spike_count_dtype(long) == jnp.float32
+  params, state = brain.init(cfg, jax.random.PRNGKey(0), 2)
+  for toks in TOKENS[:2]:
+    state, _, aux = brain.cognitive_step(params, state, jnp.asarray(toks[:2], jnp.int32), cfg,
+                                         collect=True, raster_stride=1)
+    counts = np.asarray(aux.spikes_BxN)
+    np.testing.assert_array_equal(counts[0], np.asarray(aux.raster_TxS, np.float32).sum(axis=0))
+    assert counts.max() > 1 and counts.max() <= cfg.ticks_per_token
+
+
+def test_bfloat16_readout_dots_are_close_to_float32():
+  """readout_matmul_dtype="bfloat16": the logits move by bfloat16 rounding (a few 1e-3 of
+  their spread), not more, and their gradients point the same way."""
+  cfg = tiny_config()
+  params, _ = brain.init(cfg, jax.random.PRNGKey(0), 4)
+  w_out = jax.random.normal(jax.random.PRNGKey(1), params.w_out.shape)
+  feats = jax.random.uniform(jax.random.PRNGKey(2), (4, cfg.readout_size))
+  bf16 = readout.matmul_dtype(cfg.replace(readout_matmul_dtype="bfloat16"))
+  assert readout.matmul_dtype(cfg) is None and bf16 == jnp.bfloat16
+  lg32, lg16 = (readout.logits(params.embed, w_out, params.b_out, feats, d) for d in (None, bf16))
+  assert lg16.dtype == jnp.float32
+  err = float(jnp.max(jnp.abs(lg16 - lg32)))
+  assert 0 < err < 0.02 * float(jnp.std(lg32 - params.b_out))
+  tgt = jnp.asarray([1, 2, 3, 4])
+  grad = lambda d: jax.grad(lambda w: jnp.mean(readout.cross_entropy(
+      readout.logits(params.embed, w, params.b_out, feats, d), tgt)))(w_out)
+  g32, g16 = grad(None), grad(bf16)
+  cos = float(jnp.sum(g32 * g16) / (jnp.linalg.norm(g32) * jnp.linalg.norm(g16)))
+  assert cos > 0.999

@@ -297,7 +297,7 @@ def _tick_kernel(*refs, constants: AlifConstants, collect: bool, signed_dtype, p
   # aliased buffer keeps): the same sums, fewer bytes.
   zeros = lambda: jnp.zeros(v.shape, jnp.float32)
   driven = jnp.max(jnp.abs(gain)) > 0
-  drive = jax.lax.cond(driven, lambda: ins[5][...], zeros)
+  drive = jax.lax.cond(driven, lambda: ins[5][...].astype(jnp.float32), zeros)
   reading = jnp.max(jnp.abs(read_w)) > 0
   read = jax.lax.cond(reading, lambda: ins[8][...], zeros)
   post, spk = (ins[9][...], ins[10][...]) if collect else (None, None)
@@ -496,10 +496,13 @@ def _tick_args(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN
     raise ValueError(f"alif_tick: v, i, a, tr must share one dtype, float32 or bfloat16 (got "
                      f"{[str(z.dtype) for z in state]}).")
   constants = AlifConstants(*(float(c) for c in (a_s, a_m, a_a, a_t, beta, threshold, width)))
-  if prop_BxN.dtype not in (jnp.float32, jnp.bfloat16):
-    raise ValueError(f"alif_tick: prop must be float32 or bfloat16, got {prop_BxN.dtype}.")
+  for name, z in (("prop", prop_BxN), ("drive", drive_BxN)):
+    if z.dtype not in (jnp.float32, jnp.bfloat16):
+      raise ValueError(f"alif_tick: {name} must be float32 or bfloat16, got {z.dtype}.")
+  # The two currents go in as they are (a bfloat16 drive is read as such: converting it
+  # here would be a [B, N] pass per tick).
   f32 = lambda z: z.astype(jnp.float32)
-  args = state + (prop_BxN,) + tuple(f32(z) for z in (drive_BxN, gate_B, vec_6xN, read_BxN))
+  args = state + (prop_BxN, drive_BxN) + tuple(f32(z) for z in (gate_B, vec_6xN, read_BxN))
   if collect:
     args += (post_BxN, spikes_BxN)
   if n_groups:
