@@ -141,7 +141,8 @@ def bench_point(config: BrainConfig, batch: int, learn: bool, n_tokens: int, rep
             f"_current{config.current_dtype}_fuse{int(config.fuse_propagation)}"
             f"_readout{config.readout_matmul_dtype}_reads{len(config.readout_areas)}")
     profile_point(fn, compiled.as_text(), os.path.join(profile_dir, name), ticks)
-  return {"batch": batch, "learning": learn, "implementation": config.implementation,
+  return {"batch": batch, "learning": learn, "tokens_per_call": n_tokens,
+          "implementation": config.implementation,
           "tick_unroll": config.tick_unroll,
           "scan_unroll": config.scan_unroll(batch, jax.default_backend()),
           "events_variant": _events_variant(config, batch),
