@@ -95,16 +95,15 @@ class NeuroGenModel:
     """The training pytrees for `batch` streams (new streams start at rest)."""
     if self._ts is None:
       with jax.default_device(self.device):
-        self._ts = learning.TrainState(
+        self._ts = self._placed(learning.TrainState(
             params=self.params, opt_state=self.optimizer.init(learning.trainable(self.params, self.mode)),
             brain_state=self.state, plastic=plasticity.init_plastic_state(self.config, self.plasticity),
-            step=jnp.zeros((), jnp.int32))
+            step=jnp.zeros((), jnp.int32)))
     if self._ts.brain_state.neurons.v.shape[0] != batch:
       with jax.default_device(self.device):
-        fresh = brain.init_state(self.config, batch)
+        fresh = self._placed(brain.init_state(self.config, batch))
       old = self._ts.brain_state
       self._ts = self._ts._replace(brain_state=fresh._replace(theta_N=old.theta_N, rate_N=old.rate_N))
-    self._ts = self._placed(self._ts)
     return self._ts
 
   def set_unigram_prior(self, token_ids) -> None:
