@@ -29,3 +29,27 @@ def test_bench_point_row_is_consistent(learn):
   assert row["readout_matmul_dtype"] == "bfloat16"
   assert row["readout_areas"] == ["broca", "pfc"]
   assert row["bytes_per_neuron"] == 40
+
+
+
+def test_tick_sweep_rows_name_their_block_shape_and_switch():
+  """`python -m experiments.tick_sweep` in interpret mode (its own process: its flags share
+  names with bench's): one row per (switch, variant), each with the kernel's block shape
+  (the variant's optional third field caps block_n) and a time per tick (a difference of two
+  timings: on a CPU in interpret mode it may come out either side of zero)."""
+  import json
+  import math
+  import os
+  import subprocess
+  import sys
+
+  cmd = [sys.executable, "-m", "experiments.tick_sweep", "--batch=16", "--neurons=2048",
+         "--variants=2048:4,2048:4:256", "--ticks=1", "--collect=true", "--rows=brain",
+         "--switches=default,onehot", "--interpret"]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu")).stdout
+  rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+  assert [(r["switch"], r["block_b"], r["block_n"]) for r in rows] == [
+      ("default", 2, 1024), ("default", 8, 256), ("onehot", 2, 1024), ("onehot", 8, 256)]
+  assert all(math.isfinite(r["us_per_tick"]) and r["rows"] == "brain" and r["collect"]
+             for r in rows)

@@ -28,7 +28,10 @@ def _case(b, collect, seed=5):
   q = spikes(4, (b, N), 0.3)
   args = tick_inputs(seed, b, N, collect)
   tick = args[:4] + args[5:] + ((None, None) if not collect else ())
-  group = (jnp.arange(N) % GROUPS).astype(jnp.int32)
+  # The first two post blocks each inside one group (one row sum), the others across groups
+  # (the one-hot dot).
+  idx = jnp.arange(N)
+  group = jnp.where(idx < 2 * T, idx // T, idx % GROUPS).astype(jnp.int32)
   return (q, w, col, gain) + tick + (group,)
 
 

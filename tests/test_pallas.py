@@ -626,6 +626,33 @@ def test_alif_tick_counts_spikes_per_group(interpret, b, n, collect):
   assert_close(got, want, "float32", 16)
 
 
+@pytest.mark.parametrize("b,count_by_block", [(4, True), (16, True), (16, False)])
+def test_alif_tick_counts_groups_that_span_whole_blocks(interpret, monkeypatch, b, count_by_block):
+  """The brain's groups (areas) span whole kernel blocks: with B >= _FLAGS_MIN_B such a
+  block counts its spikes with one row sum, a block across groups (and every block below
+  _FLAGS_MIN_B streams) with the one-hot sums. Both kinds in one call
+  (n = 8,192 in blocks of 1,024: groups 0, 1, 2 on whole blocks, then a block split between
+  groups 3 and 4, a padded-out group id -1 and an empty group 5): the counts equal counting
+  s by hand, and the switch that forces the one-hot sums everywhere gives the same."""
+  monkeypatch.setattr(neuron_update, "_COUNT_BY_BLOCK", count_by_block)
+  assert (b >= neuron_update._FLAGS_MIN_B) == (b == 16)
+  n, n_groups = 8192, 6
+  _, _, block_n = neuron_update._layout(b, n)
+  assert block_n == 1024
+  blocks = jnp.arange(n) // block_n
+  group_N = jnp.select([blocks < 3, blocks == 3, blocks == 4],
+                       [blocks, jnp.where(jnp.arange(n) % block_n < 300, 3, 4), -1], 2)
+  args = tick_inputs(41, b, n, True)
+  out = neuron_update.alif_tick(*args, group_N=group_N, n_groups=n_groups, **ALIF,
+                                interpret=interpret)
+  s, g = np.asarray(out[4]), np.asarray(group_N)
+  want = np.stack([(s * (g == k)).sum(axis=1) for k in range(n_groups)], 1)
+  assert want[:, :5].min() > 0 and want[:, 5].sum() == 0  # every real group spiked
+  np.testing.assert_array_equal(np.asarray(out[-1]), want)
+  ref = neuron_update.alif_tick_reference(*args, group_N=group_N, n_groups=n_groups, **ALIF)
+  np.testing.assert_array_equal(np.asarray(ref[-1]), want)
+
+
 @pytest.mark.parametrize("b,n", [(1, 64), (3, 48), (16, 4096)])
 def test_alif_tick_skips_undriven_blocks_unread_sums_and_s(interpret, b, n):
   """A tick whose read weight is zero leaves the read sum as it was (the kernel neither

@@ -26,6 +26,11 @@ from neurogen_jax.pallas import propagate
 _BLOCK_ELEMS = 2048
 _MAX_BLOCK_N = 1024
 _NUM_WARPS = 4
+# Switches for measurements (experiments.tick_sweep), both on: skip the drive / read sum of
+# blocks whose gain / read weight is zero; with precomputed block flags, count a block inside
+# one group with one row sum.
+_SKIP_IDLE_BLOCKS = True
+_COUNT_BY_BLOCK = True
 # The fused propagation + tick (`propagate_tick`): one program per (batch tile, 128-neuron
 # post block); the tile products want the propagation kernel's pipelining.
 _FUSED_NUM_WARPS = 4
@@ -274,9 +279,62 @@ def alif_tick_reference(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B
 _GROUP_ROW = len(TICK_VEC_ROWS)
 
 
+def _block_group_counts(s, group_n, g_pad: int, tensor_cores: bool, flags=None):
+  """Kernel body: a [block_b, block_n] block's spikes per group -> [block_b, g_pad] (exact:
+  0/1 spikes, float32 sums). With flags, the block's precomputed (inside one group?, that
+  group) scalars (`_block_flags`), a block inside one group (the brain's areas span whole
+  blocks) takes one row sum. Otherwise the block's spikes are summed against the
+  [block_n, G] one-hot: a tensor-core dot when it has >= 16 rows (`tensor_cores`), else a
+  broadcast reduction (the few-stream tick, where finding the block's groups in the kernel
+  measured slower than the one-hot sums)."""
+  block_n = s.shape[1]
+
+  def across_groups():
+    if tensor_cores:
+      ids = jax.lax.broadcasted_iota(jnp.int32, (block_n, g_pad), 1).astype(jnp.float32)
+      onehot = (group_n[:, None] == ids).astype(jnp.bfloat16)
+      return jnp.dot(s.astype(jnp.bfloat16), onehot, preferred_element_type=jnp.float32)
+    ids = jax.lax.broadcasted_iota(jnp.int32, (g_pad, block_n), 0).astype(jnp.float32)
+    onehot = (group_n[None, :] == ids).astype(jnp.float32)
+    return jnp.sum(s[:, None, :] * onehot[None], axis=2)
+
+  if flags is None or not _COUNT_BY_BLOCK:  # (the switch: measurement only)
+    return across_groups()
+  inside, gid = flags
+  ids_1xG = jax.lax.broadcasted_iota(jnp.int32, (1, g_pad), 1).astype(jnp.float32)
+  one_group = lambda: jnp.sum(s, axis=1, keepdims=True) * (ids_1xG == gid).astype(jnp.float32)
+  return jax.lax.cond(inside, one_group, across_groups)
+
+
+# Rows of `_block_flags`: per kernel block of neurons, whether its drive gain / read weight
+# is non-zero anywhere, whether all its neurons are in one group, and that group.
+_FLAG_ROWS = ("driven", "reading", "one_group", "group")
+# From this many streams on, the tick reads its blocks' flags precomputed (one small XLA
+# reduction per tick) instead of reducing the rows in every program (a barrier each, before
+# the loads they guard), and counts a block inside one group with a row sum; below it (one
+# stream: generation, ~30 us per tick) the reduction's launch would cost more than it saves.
+_FLAGS_MIN_B = 16
+
+
+def _block_flags(vec_RxN, block_n: int, n_groups: int):
+  """[4, N / block_n] float32 rows `_FLAG_ROWS` of the kernel's vector input vec_RxN (rows
+  TICK_VEC_ROWS, then the groups)."""
+  n_blocks = vec_RxN.shape[1] // block_n
+  blocks = lambda row: vec_RxN[row].reshape(n_blocks, block_n)
+  driven = jnp.any(blocks(TICK_VEC_ROWS.index("gain")) != 0, axis=1)
+  reading = jnp.any(blocks(TICK_VEC_ROWS.index("read")) != 0, axis=1)
+  if n_groups:
+    group = blocks(_GROUP_ROW)
+    lo, hi = jnp.min(group, axis=1), jnp.max(group, axis=1)
+  else:
+    lo = hi = jnp.zeros((n_blocks,), jnp.float32)
+  return jnp.stack([driven.astype(jnp.float32), reading.astype(jnp.float32),
+                    (lo == hi).astype(jnp.float32), lo])
+
+
 def _tick_kernel(*refs, constants: AlifConstants, collect: bool, signed_dtype, partials: bool,
-                 n_groups: int, write_s: bool, fused_block_b: int = 0):
-  n_in = 11 if collect else 9
+                 n_groups: int, write_s: bool, fused_block_b: int = 0, flags: bool = False):
+  n_in = (11 if collect else 9) + flags
   if fused_block_b:  # the propagation runs here: (col, gain, q, w) lead, prop is not an input
     col_ref, gain_ref, q_ref, w_ref = refs[:4]
     ins, outs = refs[4:3 + n_in], refs[3 + n_in:]
@@ -296,25 +354,24 @@ def _tick_kernel(*refs, constants: AlifConstants, collect: bool, signed_dtype, p
   # is all zero does not load the drive (nor load and store its read sum, which its
   # aliased buffer keeps): the same sums, fewer bytes.
   zeros = lambda: jnp.zeros(v.shape, jnp.float32)
-  driven = jnp.max(jnp.abs(gain)) > 0
-  drive = jax.lax.cond(driven, lambda: ins[5][...].astype(jnp.float32), zeros)
-  reading = jnp.max(jnp.abs(read_w)) > 0
-  read = jax.lax.cond(reading, lambda: ins[8][...], zeros)
+  block_flags = None
+  if flags:  # this block's precomputed flags (`_block_flags`): scalar loads, no reductions
+    flag = lambda name: ins[-1][_FLAG_ROWS.index(name), pl.program_id(1)]
+    driven, reading = flag("driven") > 0, flag("reading") > 0
+    block_flags = (flag("one_group") > 0, flag("group"))
+  else:
+    driven, reading = jnp.max(jnp.abs(gain)) > 0, jnp.max(jnp.abs(read_w)) > 0
+  if _SKIP_IDLE_BLOCKS:
+    drive = jax.lax.cond(driven, lambda: ins[5][...].astype(jnp.float32), zeros)
+    read = jax.lax.cond(reading, lambda: ins[8][...], zeros)
+  else:  # (measurement only: every block loads the drive and loads and stores its read sum)
+    drive, read, reading = ins[5][...].astype(jnp.float32), ins[8][...], True
   post, spk = (ins[9][...], ins[10][...]) if collect else (None, None)
   vals = _tick_math(v, i, a, tr, prop, drive, gate[:, None], rows, read, post, spk, constants,
                     lambda x: (x > 0).astype(x.dtype), signed_dtype)
-  if n_groups:  # this block's spikes per group: [block_b, G_pad], one reduction over the block
-    g_pad, block_n = outs[-1].shape[1], v.shape[1]
-    if fused_block_b:  # >= 16 rows: a tensor-core dot with the [block_n, G_pad] one-hot (exact)
-      group = ins[7][_GROUP_ROW, :][:, None]
-      ids = jax.lax.broadcasted_iota(jnp.int32, (block_n, g_pad), 1).astype(jnp.float32)
-      onehot = (group == ids).astype(jnp.bfloat16)
-      vals += (jnp.dot(vals[4].astype(jnp.bfloat16), onehot, preferred_element_type=jnp.float32),)
-    else:  # a few rows: a broadcast reduction over the block
-      group = ins[7][_GROUP_ROW, :][None, :]
-      ids = jax.lax.broadcasted_iota(jnp.int32, (g_pad, block_n), 0).astype(jnp.float32)
-      onehot = (group == ids).astype(jnp.float32)
-      vals += (jnp.sum(vals[4][:, None, :] * onehot[None], axis=2),)
+  if n_groups:  # this block's spikes per group: [block_b, G_pad]
+    vals += (_block_group_counts(vals[4], ins[7][_GROUP_ROW, :], outs[-1].shape[1],
+                                 tensor_cores=bool(fused_block_b), flags=block_flags),)
   if not write_s:  # s = q * sign: the caller rebuilds it when it needs it
     vals = vals[:4] + vals[5:]
   read_at = 6 if write_s else 5  # v, i, a, tr, [s,] q, read, ...
@@ -349,6 +406,9 @@ def _tick_pallas(args, constants, collect, signed_dtype, n_groups, write_s, inte
     extra[0] = extra[0].at[0].set(
         jnp.pad(group_N.astype(jnp.float32), (0, n_pad - n), constant_values=-1.0))
   args = args[:7] + (jnp.concatenate([args[7]] + extra),) + args[8:]
+  flags = b >= _FLAGS_MIN_B or bool(fused_block_b)
+  if flags:  # one more input, last: the blocks' flags, read by scalar loads
+    args += (_block_flags(args[7], block_n, n_groups),)
   spec = pl.BlockSpec((block_b, block_n), lambda bi, ni: (bi, ni))
   prop_spec = spec
   if partials:  # the K partial rows likewise, as the next power of two (zero rows added)
@@ -359,7 +419,7 @@ def _tick_pallas(args, constants, collect, signed_dtype, n_groups, write_s, inte
   in_specs = [spec] * 4 + [prop_spec, spec] + [
       pl.BlockSpec((block_b,), lambda bi, ni: (bi,)),
       pl.BlockSpec((rows, block_n), lambda bi, ni: (0, ni)),
-      spec] + ([spec, spec] if collect else [])
+      spec] + ([spec, spec] if collect else []) + ([pl.BlockSpec()] if flags else [])
   state_dtype = args[0].dtype  # v, i, a, tr: float32 or bfloat16
   out_dtypes = ([state_dtype] * 4 + ([jnp.float32] if write_s else []) + [signed_dtype, jnp.float32]
                 + ([args[9].dtype, args[10].dtype] if collect else []))
@@ -394,7 +454,7 @@ def _tick_pallas(args, constants, collect, signed_dtype, n_groups, write_s, inte
   outs = pl.pallas_call(
       functools.partial(_tick_kernel, constants=constants, collect=collect,
                         signed_dtype=signed_dtype, partials=partials, n_groups=n_groups,
-                        write_s=write_s, fused_block_b=fused_block_b),
+                        write_s=write_s, fused_block_b=fused_block_b, flags=flags),
       grid=(b // block_b, n_pad // block_n),
       in_specs=in_specs,
       out_specs=out_specs,
@@ -453,7 +513,10 @@ def alif_tick(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN,
   neither; group_N [N] with n_groups > 0: the tick also counts its spikes per group, each
   program reducing its block (no separate pass over s). write_s=False: s is not written
   (None in its place; s = q * sign): 4 bytes per neuron and stream less per tick. A block
-  whose drive gain (read weight) is zero this tick skips the drive (the read sum).
+  whose drive gain (read weight) is zero this tick skips the drive (the read sum). With
+  B >= _FLAGS_MIN_B those per-block facts, and each block's group, are found once per call
+  by a small XLA reduction (`_block_flags`) and read by the programs as scalars; a block
+  inside one group then counts its spikes with one row sum.
   Returns (v, i, a, tr, s, q, read[, post, spikes][, counts_BxG]) with q = s * sign in
   `signed_dtype`; the state and sums are updated in place where XLA can donate them.
   Differentiable (the reference's vjp).
