@@ -4,10 +4,18 @@
   python -m experiments.tick_sweep --batch=2 --neurons=1024 --variants=2048:4 --interpret
   python -m experiments.tick_sweep --batch=2048 --state_dtype=bfloat16 \
       --current_dtype=bfloat16 --collect=true                    # the lean tick, learning on
+  python -m experiments.tick_sweep --batch=2048 --state_dtype=bfloat16 \
+      --current_dtype=bfloat16 --collect=true --rows=brain \
+      --variants=2048:4,2048:4:256 --switches=default,kernel_flags,onehot
+                                   # block shapes (a third field caps block_n) and the
+                                   # kernel's switches, on a sensation tick's rows
 
 Runs T and 2T ticks in one scan (state carried, as in the brain, so the kernel updates
 it in place) and reports (time(2T) - time(T)) / T per tick: the loop's entry copies
-cancel. One JSON line per (collect, block elements, warps).
+cancel. One JSON line per (switch, collect, variant), with the block shape it gave.
+Under Nsight Compute (docs/KERNELS.md, session 16): `ncu --clock-control none -k
+regex:alif_tick -s 3 -c 1 python -m experiments.tick_sweep ... --ticks=1`, with
+XLA_FLAGS=--xla_gpu_enable_command_buffer=.
 """
 
 from __future__ import annotations
