@@ -252,20 +252,21 @@ def test_inference_params_run_the_step_in_bfloat16_close_to_float32(tiny):
 
 def test_block_flags_drive_the_same_brain_as_the_in_kernel_tests(kernels_on_this_device,
                                                                  monkeypatch):
-  """From `_FLAGS_MIN_B` streams the Pallas tick reads its blocks' flags (driven, read, one
-  group) precomputed and counts a block inside one area with a row sum; the tiny brain's
-  areas span whole 64-neuron blocks, so every block takes that path. Against the same brain
-  with the flags found in each program (and the one-hot counts): bit for bit, the spikes,
-  the area rates (from the counts), the state, the logits and the token's sums."""
+  """From `_FLAGS_MIN_B` streams (set to 16 here) the Pallas tick reads its blocks' flags
+  (driven, read, one group) precomputed and counts a block inside one area with a row sum;
+  the tiny brain's areas span whole 64-neuron blocks, so every block takes that path.
+  Against the same brain with the flags found in each program (and the one-hot counts): bit
+  for bit, the spikes, the area rates (from the counts), the state, the logits and the
+  token's sums."""
   from neurogen_jax.pallas import neuron_update
   cfg = tiny_config(implementation="pallas", phases=seed_phases((1, 2, 2, 1, 1)))
-  batch = neuron_update._FLAGS_MIN_B
+  batch = 16  # a small B for interpret mode on CPU
   _, _, block_n = neuron_update._layout(batch, cfg.num_neurons)
   assert all(size % block_n == 0 for size in cfg.area_sizes)
   params, state = brain.init(cfg, jax.random.PRNGKey(21), batch=batch)
   tok = jnp.arange(batch) + 3
   outs = []
-  for flags_min_b in (neuron_update._FLAGS_MIN_B, batch + 1):
+  for flags_min_b in (batch, batch + 1):
     monkeypatch.setattr(neuron_update, "_FLAGS_MIN_B", flags_min_b)
     brain.cognitive_step.clear_cache()
     st, _, _ = brain.cognitive_step(params, state, tok, cfg)

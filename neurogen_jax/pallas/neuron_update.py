@@ -310,10 +310,12 @@ def _block_group_counts(s, group_n, g_pad: int, tensor_cores: bool, flags=None):
 # is non-zero anywhere, whether all its neurons are in one group, and that group.
 _FLAG_ROWS = ("driven", "reading", "one_group", "group")
 # From this many streams on, the tick reads its blocks' flags precomputed (one small XLA
-# reduction per tick) instead of reducing the rows in every program (a barrier each, before
-# the loads they guard), and counts a block inside one group with a row sum; below it (one
-# stream: generation, ~30 us per tick) the reduction's launch would cost more than it saves.
-_FLAGS_MIN_B = 16
+# reduction per call, a few µs with its launch) instead of reducing the rows in every program
+# (a barrier each, before the loads they guard), and counts a block inside one group with a
+# row sum. Measured faster at 256 and 2,048 streams (docs/BENCHMARKS.md, session 16); at one
+# stream (generation, ~30 µs per tick) the in-kernel group search alone cost 1.3 µs/tick;
+# between, the reduction's launch would eat most of what it saves (not measured).
+_FLAGS_MIN_B = 256
 
 
 def _block_flags(vec_RxN, block_n: int, n_groups: int):
@@ -406,6 +408,7 @@ def _tick_pallas(args, constants, collect, signed_dtype, n_groups, write_s, inte
     extra[0] = extra[0].at[0].set(
         jnp.pad(group_N.astype(jnp.float32), (0, n_pad - n), constant_values=-1.0))
   args = args[:7] + (jnp.concatenate([args[7]] + extra),) + args[8:]
+  # (The fused kernel, >= 16 streams, always reads them: a block of 128 neurons per program.)
   flags = b >= _FLAGS_MIN_B or bool(fused_block_b)
   if flags:  # one more input, last: the blocks' flags, read by scalar loads
     args += (_block_flags(args[7], block_n, n_groups),)
