@@ -312,9 +312,11 @@ _FLAG_ROWS = ("driven", "reading", "one_group", "group")
 # From this many streams on, the tick reads its blocks' flags precomputed (one small XLA
 # reduction per call, a few µs with its launch) instead of reducing the rows in every program
 # (a barrier each, before the loads they guard), and counts a block inside one group with a
-# row sum. Measured faster at 256 and 2,048 streams (docs/BENCHMARKS.md, session 16); at one
-# stream (generation, ~30 µs per tick) the in-kernel group search alone cost 1.3 µs/tick;
-# between, the reduction's launch would eat most of what it saves (not measured).
+# row sum. Measured in the learning step (docs/BENCHMARKS.md, session 16): 2,048 streams
+# 3,574 -> 3,485 µs/tick against the kernel that found them itself; 256 streams 591 µs/tick
+# against session 15's 606 (another machine). At one stream (generation, ~30 µs per tick) the
+# in-kernel group search alone cost 1.3 µs/tick; between, the reduction's launch may eat
+# what it saves (not measured).
 _FLAGS_MIN_B = 256
 
 
