@@ -201,15 +201,6 @@ def basal_ganglia_gate(config: BrainConfig, tr_BxN: jax.Array) -> jax.Array:
   return bg_gate_from_means(bg_trace_means(config, tr_BxN))
 
 
-def read_mask_N(config: BrainConfig) -> jax.Array:
-  """[N] bool: the neurons of the read areas (`config.readout_areas`)."""
-  mask_N = jnp.zeros((config.num_neurons,), bool)
-  for name in config.readout_areas:
-    sl = config.area_slice(name)
-    mask_N = mask_N | _range_mask_N(config.num_neurons, sl.start, sl.stop)
-  return mask_N
-
-
 def spike_count_dtype(config: BrainConfig):
   """The dtype of a token's per-neuron spike counts: bfloat16 (exact for whole numbers up
   to 256) while a token has at most 256 ticks, else float32. (int8 counts measured slower
@@ -268,7 +259,7 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   # the Pallas tick neither loads nor stores the read sum of a block with a zero weight.
   n_phases = input_gain_PxN.shape[0]
   per_neuron = lambda x_N: jnp.broadcast_to(x_N, (n_phases, n))
-  read_PxN = table.read_P[:, None] * read_mask_N(config)[None, :].astype(jnp.float32)
+  read_PxN = table.read_P[:, None] * readout.read_mask_N(config)[None, :].astype(np.float32)
   vec_Px6xN = jnp.stack([per_neuron(state.theta_N), per_neuron(broca_N.astype(jnp.float32)),
                          input_gain_PxN, read_PxN,
                          table.learn_PxN, per_neuron(conn.sign_N.astype(jnp.float32))], axis=1)

@@ -59,6 +59,15 @@ def read_areas(config, x_BxN: jax.Array) -> jax.Array:
   return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
 
 
+def read_mask_N(config) -> np.ndarray:
+  """[N] bool: the neurons of the read areas (`config.readout_areas`), the columns that
+  `read_areas` takes (static: from the config alone)."""
+  mask_N = np.zeros((config.num_neurons,), bool)
+  for a in config.readout_areas:
+    mask_N[config.area_slice(a)] = True
+  return mask_N
+
+
 def place_read_areas(config, x_BxN: jax.Array, f_BxNr: jax.Array) -> jax.Array:
   """x [B, N] with the read areas' columns set from f [B, Nr] (`read_areas`' inverse)."""
   start = 0

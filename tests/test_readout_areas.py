@@ -45,7 +45,7 @@ def test_only_the_read_areas_are_read():
   """The tick's read weight is zero outside the read areas (their read sums are never used;
   the Pallas tick skips their blocks): the mask covers exactly the read areas."""
   for cfg in (tiny_config(), _read_pfc()):
-    mask = np.asarray(brain.read_mask_N(cfg))
+    mask = readout.read_mask_N(cfg)
     want = np.zeros(cfg.num_neurons, bool)
     for name in cfg.readout_areas:
       want[cfg.area_slice(name)] = True
