@@ -11,6 +11,8 @@ unigram model rather than a uniform one.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,11 +20,45 @@ import numpy as np
 LN_EPS = 1e-5
 
 
+def _row_stats(x_BxF: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-row mean and 1 / sqrt(var + eps), [B, 1] each."""
+  mean_Bx1 = jnp.mean(x_BxF, axis=-1, keepdims=True)
+  var_Bx1 = jnp.mean(jnp.square(x_BxF - mean_Bx1), axis=-1, keepdims=True)
+  return mean_Bx1, jax.lax.rsqrt(var_Bx1 + LN_EPS)
+
+
+@jax.custom_vjp
 def normalize_features(trace_BxNr: jax.Array) -> jax.Array:
-  """Layer norm over neurons, no affine part: [B, Nr] -> [B, Nr]."""
-  mean = jnp.mean(trace_BxNr, axis=-1, keepdims=True)
-  var = jnp.mean(jnp.square(trace_BxNr - mean), axis=-1, keepdims=True)
-  return (trace_BxNr - mean) * jax.lax.rsqrt(var + LN_EPS)
+  """Layer norm over neurons, no affine part: [B, Nr] -> [B, Nr].
+
+  Its gradient (the e-prop learning signal of the read areas goes through it) is written
+  out: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), its two row means taken in one
+  reduction and kept apart (an optimization barrier) from the elementwise pass. Left to
+  autodiff, XLA on a GPU fused the whole backward into one row-per-program Triton kernel
+  over rows of Nr (16,384 and more) values, which took 1.2 ms a token at B = 2,048 on an
+  H200 for 0.34 GB (docs/BENCHMARKS.md, session 17).
+  """
+  mean_Bx1, rstd_Bx1 = _row_stats(trace_BxNr)
+  return (trace_BxNr - mean_Bx1) * rstd_Bx1
+
+
+def _normalize_fwd(trace_BxNr):
+  mean_Bx1, rstd_Bx1 = _row_stats(trace_BxNr)
+  return (trace_BxNr - mean_Bx1) * rstd_Bx1, (trace_BxNr, mean_Bx1, rstd_Bx1)
+
+
+def _normalize_bwd(res, g_BxNr):
+  trace_BxNr, mean_Bx1, rstd_Bx1 = res
+  g_BxNr = g_BxNr.astype(jnp.float32)
+  xhat_BxNr = (trace_BxNr - mean_Bx1) * rstd_Bx1
+  g_mean_Bx1 = jnp.mean(g_BxNr, axis=-1, keepdims=True)
+  gx_mean_Bx1 = jnp.mean(g_BxNr * xhat_BxNr, axis=-1, keepdims=True)
+  g_mean_Bx1, gx_mean_Bx1 = jax.lax.optimization_barrier((g_mean_Bx1, gx_mean_Bx1))
+  dx_BxNr = rstd_Bx1 * (g_BxNr - g_mean_Bx1 - xhat_BxNr * gx_mean_Bx1)
+  return (dx_BxNr.astype(trace_BxNr.dtype),)
+
+
+normalize_features.defvjp(_normalize_fwd, _normalize_bwd)
 
 
 def matmul_dtype(config):
@@ -34,9 +70,42 @@ def matmul_dtype(config):
 def weights_dot(x, w, dtype=None):
   """x @ w with float32 accumulation and result. Operands in `dtype`, or by default in w's
   dtype (bfloat16 weights: `brain.inference_params`); float32 weights stay float32 unless
-  dtype is given (mixed precision: `BrainConfig.readout_matmul_dtype`)."""
-  dtype = w.dtype if dtype is None else dtype
-  return jnp.dot(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+  dtype is given (mixed precision: `BrainConfig.readout_matmul_dtype`).
+
+  With operands narrower than float32 the gradient's dots take them in that dtype too (the
+  incoming float32 cotangent is rounded to it; `_narrow_dot`): autodiff would have formed
+  float32 dots of the float32 cotangent with the float32 weights instead (XLA drops the
+  float32 -> bfloat16 -> float32 round trip of the weights), at the float32 rate."""
+  dtype = jnp.dtype(w.dtype if dtype is None else dtype)
+  if dtype == jnp.float32:
+    return jnp.dot(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+  return _narrow_dot(x, w, dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _narrow_dot(x_xK, w_KxN, dtype):
+  """x [..., K] @ w [K, N] with operands in `dtype`, float32 accumulation and result."""
+  return jnp.dot(x_xK.astype(dtype), w_KxN.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _narrow_dot_fwd(x_xK, w_KxN, dtype):
+  xc_xK, wc_KxN = x_xK.astype(dtype), w_KxN.astype(dtype)
+  out = jnp.dot(xc_xK, wc_KxN, preferred_element_type=jnp.float32)
+  # The inputs' own dtypes ride along as empty arrays (residuals must be arrays).
+  return out, (xc_xK, wc_KxN, jnp.zeros((0,), x_xK.dtype), jnp.zeros((0,), w_KxN.dtype))
+
+
+def _narrow_dot_bwd(dtype, res, g_xN):
+  xc_xK, wc_KxN, x_like, w_like = res
+  gc_xN = g_xN.astype(dtype)
+  k, n = wc_KxN.shape
+  gx_xK = jnp.dot(gc_xN, wc_KxN.T, preferred_element_type=jnp.float32)
+  gw_KxN = jnp.dot(xc_xK.reshape(-1, k).T, gc_xN.reshape(-1, n),
+                   preferred_element_type=jnp.float32)
+  return gx_xK.astype(x_like.dtype), gw_KxN.astype(w_like.dtype)
+
+
+_narrow_dot.defvjp(_narrow_dot_fwd, _narrow_dot_bwd)
 
 
 def hidden(w_out_NrxD: jax.Array, trace_BxNr: jax.Array, dtype=None) -> jax.Array:

@@ -97,6 +97,29 @@ def test_readout_signal_covers_every_read_area_and_is_the_feature_gradient():
       assert np.all(part == 0), name
 
 
+def test_layer_norm_gradient_is_autodiffs_of_the_plain_formula():
+  """`normalize_features` writes its gradient out (kept from one fused GPU kernel, session
+  17): it equals autodiff of the plain layer norm, a silent row (variance 0) included."""
+  def plain(x):
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + readout.LN_EPS)
+
+  x_BxF = jax.random.uniform(jax.random.PRNGKey(0), (3, 4096)) * jnp.asarray([[1.0], [0.01], [0.0]])
+  g_BxF = jax.random.normal(jax.random.PRNGKey(1), x_BxF.shape)
+  np.testing.assert_allclose(readout.normalize_features(x_BxF), plain(x_BxF), rtol=1e-6, atol=1e-6)
+  got = jax.vjp(readout.normalize_features, x_BxF)[1](g_BxF)[0]
+  want = jax.vjp(plain, x_BxF)[1](g_BxF)[0]
+  scale = np.abs(np.asarray(want)).max(axis=1, keepdims=True)
+  assert np.all(scale > 0)
+  np.testing.assert_allclose(np.asarray(got) / scale, np.asarray(want) / scale, atol=2e-5)
+  # Through jit and the readout's logits, as the e-prop signal takes it.
+  w_DxV = jax.random.normal(jax.random.PRNGKey(2), (4096, 8))
+  loss = lambda f, norm: jnp.sum(jnp.tanh(norm(f) @ w_DxV / 64.0))
+  np.testing.assert_allclose(jax.jit(jax.grad(lambda f: loss(f, readout.normalize_features)))(x_BxF),
+                             jax.grad(lambda f: loss(f, plain))(x_BxF), rtol=1e-4, atol=1e-5)
+
+
 def test_hops_start_from_every_read_area():
   cfg = _read_pfc()
   layers = plasticity.hop_areas(cfg, 5)

@@ -135,6 +135,32 @@ def test_spike_counts_are_exact(implementation, kernels_on_this_device):
     assert counts.max() > 1 and counts.max() <= cfg.ticks_per_token
 
 
+def test_bfloat16_dots_take_their_gradients_in_bfloat16_too():
+  """`readout.weights_dot` with bfloat16 operands: the gradient's dots round the cotangent
+  to bfloat16 as well (mixed precision; autodiff had formed them in float32): both
+  gradients equal the dots of the rounded operands, and differ from float32's by rounding."""
+  kx, kw, kg = jax.random.split(jax.random.PRNGKey(5), 3)
+  x_BxK = jax.random.normal(kx, (6, 64))
+  w_KxN = jax.random.normal(kw, (64, 40))
+  g_BxN = jax.random.normal(kg, (6, 40))
+  bf = jnp.bfloat16
+  out, vjp = jax.vjp(lambda x, w: readout.weights_dot(x, w, bf), x_BxK, w_KxN)
+  gx, gw = vjp(g_BxN)
+  assert out.dtype == gx.dtype == gw.dtype == jnp.float32
+  r = lambda z: z.astype(bf).astype(jnp.float32)
+  hi = jax.lax.Precision.HIGHEST
+  np.testing.assert_allclose(out, jnp.dot(r(x_BxK), r(w_KxN), precision=hi), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(gx, jnp.dot(r(g_BxN), r(w_KxN).T, precision=hi), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(gw, jnp.dot(r(x_BxK).T, r(g_BxN), precision=hi), rtol=1e-5, atol=1e-5)
+  gw32 = jnp.dot(x_BxK.T, g_BxN, precision=hi)
+  assert 1e-4 < float(jnp.max(jnp.abs(gw - gw32))) < 0.05 * float(jnp.max(jnp.abs(gw32)))
+  # A bfloat16 input keeps its dtype in its gradient; float32 operands stay plain float32.
+  gxb = jax.grad(lambda x: jnp.sum(readout.weights_dot(x, w_KxN, bf)))(x_BxK.astype(bf))
+  assert gxb.dtype == bf
+  g32 = jax.grad(lambda w: jnp.sum(readout.weights_dot(x_BxK, w) * g_BxN))(w_KxN)
+  np.testing.assert_allclose(g32, gw32, rtol=2e-3, atol=2e-3)
+
+
 def test_bfloat16_readout_dots_are_close_to_float32():
   """readout_matmul_dtype="bfloat16": the logits move by bfloat16 rounding (a few 1e-3 of
   their spread), not more, and their gradients point the same way."""
