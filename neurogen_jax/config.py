@@ -198,8 +198,9 @@ class BrainConfig:
   current_dtype: Literal["float32", "bfloat16"] = "float32"
   # Operand dtype of the dense dots of the readout (features -> hidden -> logits, and their
   # gradients) and of the input projection (token drive, e-prop input gradients). The
-  # weights stay float32 and every dot accumulates in float32; "bfloat16" casts both operands
-  # (mixed precision: twice the tensor-core rate of float32's TF32 on a GPU).
+  # weights stay float32 and every dot accumulates in float32; "bfloat16" casts both operands,
+  # and the gradients' dots take the cotangent in bfloat16 too (`readout.weights_dot`; mixed
+  # precision: twice the tensor-core rate of float32's TF32 on a GPU).
   readout_matmul_dtype: Literal["float32", "bfloat16"] = "float32"
   # Izhikevich (the original's regular-spiking parameters).
   izh_a: float = 0.02
