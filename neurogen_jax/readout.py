@@ -77,7 +77,7 @@ def weights_dot(x, w, dtype=None):
   float32 dots of the float32 cotangent with the float32 weights instead (XLA drops the
   float32 -> bfloat16 -> float32 round trip of the weights), at the float32 rate."""
   dtype = jnp.dtype(w.dtype if dtype is None else dtype)
-  if dtype == jnp.float32:
+  if dtype == jnp.float32 or jnp.ndim(w) != 2:
     return jnp.dot(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
   return _narrow_dot(x, w, dtype)
 
