@@ -257,6 +257,11 @@ def _back_through_tiles(config: BrainConfig, params, delta_BxN: jax.Array) -> ja
   return vjp(delta_BxN.astype(jnp.float32))[0].astype(jnp.float32)
 
 
+def _per_neuron(params, x_A) -> jax.Array:
+  """A per-area value x_A [A] (a static mask or scale) -> [N] float32, each neuron its area's."""
+  return jnp.asarray(x_A, jnp.float32)[params.conn.area_N]
+
+
 def learning_signal(config: BrainConfig, pcfg: PlasticityConfig, params, feedback_DxN: jax.Array,
                     features_BxNr: jax.Array, logits_BxV: jax.Array, targets_B: jax.Array,
                     post_BxN: jax.Array | None = None) -> jax.Array:
@@ -292,17 +297,16 @@ def learning_signal(config: BrainConfig, pcfg: PlasticityConfig, params, feedbac
     area_names = np.asarray(config.area_names)
     frontier_A = np.isin(area_names, config.readout_areas)
     for layer in hop_areas(config, pcfg.eprop_hops):
-      frontier_N = jnp.asarray(frontier_A, jnp.float32)[params.conn.area_N]
+      frontier_N = _per_neuron(params, frontier_A)
       back_BxN = _back_through_tiles(config, params, learn_BxN * post_BxN * frontier_N)
       frontier_A = np.isin(area_names, layer)
-      learn_BxN = learn_BxN + back_BxN * jnp.asarray(frontier_A * pcfg.eprop_hop_scale,
-                                                      jnp.float32)[params.conn.area_N]
+      learn_BxN = learn_BxN + back_BxN * _per_neuron(params, frontier_A * pcfg.eprop_hop_scale)
   if pcfg.eprop_areas is not None:
     unknown = [a for a in pcfg.eprop_areas if a not in config.area_names]
     if unknown:
       raise ValueError(f"eprop_areas names {unknown}, not areas of this brain {config.area_names}")
     keep_A = np.isin(config.area_names, pcfg.eprop_areas)
-    learn_BxN = learn_BxN * jnp.asarray(keep_A, jnp.float32)[params.conn.area_N]
+    learn_BxN = learn_BxN * _per_neuron(params, keep_A)
   return jax.lax.stop_gradient(learn_BxN)
 
 
