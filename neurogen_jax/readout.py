@@ -32,11 +32,11 @@ def normalize_features(trace_BxNr: jax.Array) -> jax.Array:
   """Layer norm over neurons, no affine part: [B, Nr] -> [B, Nr].
 
   Its gradient (the e-prop learning signal of the read areas goes through it) is written
-  out: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), its two row means taken in one
-  reduction and kept apart (an optimization barrier) from the elementwise pass. Left to
-  autodiff, XLA on a GPU fused the whole backward into one row-per-program Triton kernel
-  over rows of Nr (16,384 and more) values, which took 1.2 ms a token at B = 2,048 on an
-  H200 for 0.34 GB (docs/BENCHMARKS.md, session 17).
+  out: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), its two row means formed first and
+  kept apart (an optimization barrier) from the elementwise pass. Left to autodiff, XLA on
+  a GPU fused the whole backward into one row-per-program Triton kernel over rows of Nr
+  (16,384 and more) values, which took 1.2 ms a token at B = 2,048 on an H200 for 0.34 GB;
+  written out, its fusions take a few µs per tick (docs/BENCHMARKS.md, session 17).
   """
   mean_Bx1, rstd_Bx1 = _row_stats(trace_BxNr)
   return (trace_BxNr - mean_Bx1) * rstd_Bx1
