@@ -30,4 +30,3 @@ def tick_rows(b: int, n: int, groups: int, brain: bool = False):
   else:
     group = (idx * groups // n).astype(jnp.float32)
   return vec, jnp.ones((b,)), post, spk, group
-
