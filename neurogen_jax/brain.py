@@ -215,8 +215,6 @@ class _Acc(NamedTuple):
   read_BxN: jax.Array
   post_BxN: jax.Array
   spikes_BxN: jax.Array
-  learn_ticks_N: jax.Array
-  read_ticks: jax.Array
 
 
 @functools.partial(jax.jit, static_argnames=("config", "collect", "raster_stride"))
@@ -268,6 +266,10 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   # basal-ganglia half (groups).
   signed_dtype = params.tiles.dtype if config.spike_dtype == "auto" else jnp.dtype(jnp.int8)
   group_N, n_groups = _tick_groups_N(config, conn)
+  # Laid out once per token (with Pallas: padded, with the groups and each kernel block's
+  # flags); a tick indexes them by its phase.
+  rows_P = ops.tick_rows(vec_Px6xN, group_N, n_groups, batch=bsz, tile=config.tile,
+                         implementation=config.implementation, fuse=config.fuse_propagation)
   n_areas = len(config.areas)
   area_sizes_A = jnp.asarray(config.area_sizes, jnp.float32)
   halves = _bg_halves(config)
@@ -284,8 +286,7 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     ns, q_BxN, go_nogo_Bx2, acc, bg_gate_B = carry
     # This tick's phase row (a dynamic index into the [P, ...] table: one scan over all
     # ticks of the token, no per-phase loop and no conditional).
-    gain_RxK, learn_N = table.gain_PxRxK[p], table.learn_PxN[p]
-    read, bg_on = table.read_P[p], table.bg_gate_P[p]
+    gain_RxK, bg_on = table.gain_PxRxK[p], table.bg_gate_P[p]
     gate_B = (jnp.where(bg_on > 0, bg_gate_from_means(go_nogo_Bx2), 1.0) if has_bg
               else jnp.ones((bsz,), jnp.float32))
     # The propagation of the last tick's spikes, input current, neuron update and the
@@ -293,13 +294,12 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
     # stream goes event-driven, the event kernel's K partial sums added up by the tick).
     ns, q_BxN, read_BxN, post_BxN, spikes_BxN, counts_BxG = neuron_tick(
         config, ns, Propagation(q_BxN, params.tiles, conn.col_RxK, gain_RxK), drive_BxN, gate_B,
-        vec_Px6xN[p], acc.read_BxN,
+        rows_P.at(p), acc.read_BxN,
         acc.post_BxN if collect else None, acc.spikes_BxN if collect else None,
         signed_dtype=signed_dtype, group_N=group_N, n_groups=n_groups, write_s=False)
-    acc = acc._replace(read_BxN=read_BxN, read_ticks=acc.read_ticks + read)
+    acc = acc._replace(read_BxN=read_BxN)
     if collect:
-      acc = acc._replace(post_BxN=post_BxN, spikes_BxN=spikes_BxN,
-                         learn_ticks_N=acc.learn_ticks_N + learn_N)
+      acc = acc._replace(post_BxN=post_BxN, spikes_BxN=spikes_BxN)
     # Spike counts per area and basal-ganglia half (exact; [G] -> [A] is a static sum). The
     # halves' mean traces follow tr <- a_t tr + s without reading tr.
     area_rate_A = jnp.dot(jnp.mean(counts_BxG, axis=0), group_area_GxA,
@@ -316,9 +316,9 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   z = lambda *s: jnp.zeros(s, jnp.float32)
   h = lambda *s: jnp.zeros(s, jnp.bfloat16)
   if collect:
-    acc0 = _Acc(z(bsz, n), h(bsz, n), jnp.zeros((bsz, n), spike_count_dtype(config)), z(n), z())
+    acc0 = _Acc(z(bsz, n), h(bsz, n), jnp.zeros((bsz, n), spike_count_dtype(config)))
   else:
-    acc0 = _Acc(z(bsz, n), h(0, 0), h(0, 0), z(0), z())
+    acc0 = _Acc(z(bsz, n), h(0, 0), h(0, 0))
   phase_T = phase_of_tick(config)
   # Unrolled (config.scan_unroll) at B = 1, where each loop iteration's fixed cost (the
   # loop predicate goes to the host) is a large part of a tick.
@@ -338,12 +338,17 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
   # loop fuses the dot into a reduction in full float32). [P, T] x [T, A]: free either way.
   rates_PxA = jnp.dot(jnp.asarray(phase_avg_PxT), rates_TxA, precision=jax.lax.Precision.HIGHEST)
 
-  features_BxNr = readout.read_areas(config, acc.read_BxN) / jnp.maximum(acc.read_ticks, 1.0)
+  # The ticks that read (each neuron's ticks that learn): fixed by the phase table, so
+  # summed here once rather than carried through the ticks (exact: whole numbers).
+  ticks_P = jnp.asarray([ph.ticks for ph in config.phases], jnp.float32)
+  read_ticks = jnp.dot(ticks_P, table.read_P, precision=jax.lax.Precision.HIGHEST)
+  features_BxNr = readout.read_areas(config, acc.read_BxN) / jnp.maximum(read_ticks, 1.0)
   features_BxNr, slow_BxNr = readout.with_slow(config, features_BxNr, state.slow_BxNr)
   logits_BxV = readout.logits(params.embed, params.w_out, params.b_out, features_BxNr,
                               readout.matmul_dtype(config))
   if collect:
-    denom_N = jnp.maximum(acc.learn_ticks_N, 1.0)
+    learn_ticks_N = jnp.dot(ticks_P, table.learn_PxN, precision=jax.lax.Precision.HIGHEST)
+    denom_N = jnp.maximum(learn_ticks_N, 1.0)
     pre_BxN = ns.tr.astype(jnp.float32)
     post_BxN = acc.post_BxN.astype(jnp.float32) / denom_N
     spikes_BxN = acc.spikes_BxN.astype(jnp.float32)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from neurogen_jax import ops
 from neurogen_jax.config import BrainConfig
 from neurogen_jax.pallas.neuron_update import (  # noqa: F401 (pseudo_derivative, spike re-exported)
-    accumulate, compose_current, pseudo_derivative, signed_spikes, spike)
+    PhaseRows, accumulate, compose_current, pseudo_derivative, signed_spikes, spike)
 
 
 class NeuronState(NamedTuple):
@@ -120,7 +120,8 @@ class Propagation(NamedTuple):
 
 
 def neuron_tick(config: BrainConfig, st: NeuronState, spikes_in: Propagation,
-                drive_BxN: jax.Array, gate_B: jax.Array, vec_6xN: jax.Array, read_BxN: jax.Array,
+                drive_BxN: jax.Array, gate_B: jax.Array, vec_6xN: jax.Array | PhaseRows,
+                read_BxN: jax.Array,
                 post_BxN: jax.Array | None = None, spikes_BxN: jax.Array | None = None,
                 signed_dtype=jnp.bfloat16, group_N: jax.Array | None = None, n_groups: int = 0,
                 write_s: bool = True
@@ -134,8 +135,9 @@ def neuron_tick(config: BrainConfig, st: NeuronState, spikes_in: Propagation,
   q = s * sign (the signed spikes the next tick propagates, in `signed_dtype`),
   read += read_weight * tr and, when post/spikes are given, post += psi(x) * learn and
   spikes += s. vec_6xN rows: `neuron_update.TICK_VEC_ROWS` (theta, gate_mask, gain, read,
-  learn, sign). ALIF runs it as `ops.propagate_tick`: with Pallas two kernels (the
-  propagation, then the whole neuron tick), or one with `config.fuse_propagation`.
+  learn, sign), or every phase's rows laid out once per token (`ops.tick_rows(...).at(p)`).
+  ALIF runs it as `ops.propagate_tick`: with Pallas two kernels (the propagation, then the
+  whole neuron tick), or one with `config.fuse_propagation`.
   With group_N and n_groups > 0 it also counts the tick's spikes per group (`group_counts`;
   the Pallas kernel does so as it writes them). write_s=False (ALIF): the returned state
   keeps st.s, not this tick's spikes, which the caller rebuilds as q * sign when it needs
@@ -146,6 +148,8 @@ def neuron_tick(config: BrainConfig, st: NeuronState, spikes_in: Propagation,
   if config.neuron_model == "izhikevich":
     prop_BxN = ops.propagate(*spikes_in, config.implementation,
                              events_variant=config.events_variant, out_dtype=config.current_dtype)
+    if isinstance(vec_6xN, PhaseRows):
+      vec_6xN = vec_6xN.vec_6xN(st.v.shape[1])
     theta_N, mask_N, gain_N, read_N, learn_N, sign_N = vec_6xN
     cur_BxN = compose_current(prop_BxN, drive_BxN, gate_B[:, None], mask_N, gain_N)
     st, x_BxN = izhikevich_step(config, st, cur_BxN, theta_N)

@@ -21,8 +21,8 @@ from neurogen_jax.pallas import neuron_update as pallas_neuron
 from neurogen_jax.pallas import plasticity as pallas_plasticity
 from neurogen_jax.pallas import propagate as pallas_propagate
 from neurogen_jax.pallas.events import build_fanout
-from neurogen_jax.pallas.neuron_update import (alif_tick_reference, alif_update_reference,
-                                               group_counts)
+from neurogen_jax.pallas.neuron_update import (PhaseRows, alif_tick_reference,
+                                               alif_update_reference, group_counts)
 from neurogen_jax.pallas.plasticity import (SynapseRules, SynapseStats, synapse_update_reference,
                                             tile_outer_reference, tile_update_reference)
 from neurogen_jax.pallas.propagate import propagate_reference
@@ -30,10 +30,10 @@ from neurogen_jax.pallas.propagate import propagate_reference
 Implementation = Literal["xla", "pallas"]
 
 __all__ = [
-    "Implementation", "alif_tick", "alif_tick_reference", "alif_update", "alif_update_reference",
-    "build_fanout", "group_counts", "propagate", "propagate_tick",
+    "Implementation", "PhaseRows", "alif_tick", "alif_tick_reference", "alif_update",
+    "alif_update_reference", "build_fanout", "group_counts", "propagate", "propagate_tick",
     "propagate_events", "propagate_reference", "SynapseRules", "SynapseStats", "synapse_update",
-    "synapse_update_reference", "tile_outer", "tile_outer_reference",
+    "synapse_update_reference", "tick_rows", "tile_outer", "tile_outer_reference",
     "tile_update", "tile_update_reference",
 ]
 
@@ -149,9 +149,9 @@ def alif_update(v_BxN: jax.Array, i_BxN: jax.Array, a_BxN: jax.Array, tr_BxN: ja
 
 
 def alif_tick(v_BxN: jax.Array, i_BxN: jax.Array, a_BxN: jax.Array, tr_BxN: jax.Array,
-              prop_BxN: jax.Array, drive_BxN: jax.Array, gate_B: jax.Array, vec_6xN: jax.Array,
-              read_BxN: jax.Array, post_BxN: jax.Array | None = None,
-              spikes_BxN: jax.Array | None = None, group_N: jax.Array | None = None, *,
+              prop_BxN: jax.Array, drive_BxN: jax.Array, gate_B: jax.Array,
+              vec_6xN: jax.Array | PhaseRows, read_BxN: jax.Array,
+              post_BxN: jax.Array | None = None, spikes_BxN: jax.Array | None = None, group_N: jax.Array | None = None, *,
               a_s: float, a_m: float, a_a: float, a_t: float, beta: float, threshold: float,
               width: float, signed_dtype=jnp.bfloat16, n_groups: int = 0, write_s: bool = True,
               implementation: Implementation = "xla"):
@@ -169,11 +169,27 @@ def alif_tick(v_BxN: jax.Array, i_BxN: jax.Array, a_BxN: jax.Array, tr_BxN: jax.
   return alif_tick_reference(*args, **kw)
 
 
+def tick_rows(vec_Px6xN: jax.Array, group_N: jax.Array | None = None, n_groups: int = 0, *,
+              batch: int, tile: int, implementation: Implementation = "xla",
+              fuse: bool = True) -> PhaseRows:
+  """Every phase's tick rows ([P, 6, N], `neuron_update.TICK_VEC_ROWS`) laid out once for
+  the tick that `propagate_tick` runs with the same batch, implementation and fuse (tile:
+  the propagation's T); `.at(phase)` then stands in for its vec_6xN, so a tick does no
+  work on its rows. Pallas: padded, with the group row and each kernel block's flags
+  (`neuron_update.tick_rows`); XLA: the rows as they are."""
+  _check(implementation)
+  if implementation == "pallas":
+    fused_tile = tile if fuse and pallas_neuron.fused_block_b(batch) else 0
+    return pallas_neuron.tick_rows(vec_Px6xN, group_N, n_groups, batch=batch,
+                                   fused_tile=fused_tile)
+  return PhaseRows(vec_Px6xN.astype(jnp.float32), None, jnp.zeros((), jnp.int32))
+
+
 def propagate_tick(q_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array,
                    gain_RxK: jax.Array, v_BxN: jax.Array, i_BxN: jax.Array, a_BxN: jax.Array,
                    tr_BxN: jax.Array, drive_BxN: jax.Array, gate_B: jax.Array,
-                   vec_6xN: jax.Array, read_BxN: jax.Array, post_BxN: jax.Array | None = None,
-                   spikes_BxN: jax.Array | None = None, group_N: jax.Array | None = None, *,
+                   vec_6xN: jax.Array | PhaseRows, read_BxN: jax.Array,
+                   post_BxN: jax.Array | None = None, spikes_BxN: jax.Array | None = None, group_N: jax.Array | None = None, *,
                    a_s: float, a_m: float, a_a: float, a_t: float, beta: float,
                    threshold: float, width: float, signed_dtype=jnp.bfloat16, n_groups: int = 0,
                    write_s: bool = True, implementation: Implementation = "xla",

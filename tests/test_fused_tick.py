@@ -80,6 +80,36 @@ def test_propagate_tick_matches_reference_and_unfused_pair(interpret, b, block_b
       np.testing.assert_array_equal(np.asarray(o32), np.asarray(p.astype(jnp.float32)))
 
 
+def test_propagate_tick_takes_rows_laid_out_once(interpret):
+  """`tick_rows(fused_tile=T)`: every phase's rows and 128-neuron-block flags laid out once;
+  `.at(p)` in place of phase p's [6, N] rows gives the same fused tick bit for bit (the
+  kernel, and the reference)."""
+  case = list(_case(16, True))
+  vec = case[10]
+  gain = neuron_update.TICK_VEC_ROWS.index("gain")
+  vec_Px6xN = jnp.stack([vec, vec.at[gain, N // 2:].set(0.0)])
+  kw = dict(**ALIF, n_groups=GROUPS, write_s=False)
+  rows = neuron_update.tick_rows(vec_Px6xN, case[-1], GROUPS, batch=16, fused_tile=T)
+  assert rows.flags_PxFxNb.shape == (2, 4, N // T)
+  for p in range(2):
+    case[10] = vec_Px6xN[p]
+    plain = neuron_update.propagate_tick(*case, **kw, interpret=interpret)
+    want = neuron_update.propagate_tick_reference(*case, **kw)
+    case[10] = rows.at(p)
+    laid = neuron_update.propagate_tick(*case, **kw, interpret=interpret)
+    ref = neuron_update.propagate_tick_reference(*case, **kw)
+    for o, q, w, r in zip(laid, plain, want, ref, strict=True):
+      if w is not None:
+        np.testing.assert_array_equal(np.asarray(o.astype(jnp.float32)),
+                                      np.asarray(q.astype(jnp.float32)))
+        np.testing.assert_array_equal(np.asarray(r.astype(jnp.float32)),
+                                      np.asarray(w.astype(jnp.float32)))
+  # Rows laid out for the unfused tick (here blocks of N neurons) do not fit: a clear error.
+  case[10] = neuron_update.tick_rows(vec_Px6xN, case[-1], GROUPS, batch=256).at(0)
+  with pytest.raises(ValueError, match="laid out for another kernel"):
+    neuron_update.propagate_tick(*case, **kw, interpret=True)
+
+
 def test_propagate_tick_grads_match_reference(interpret):
   case = _case(16, True)
   kw = dict(**ALIF, n_groups=GROUPS, write_s=False)

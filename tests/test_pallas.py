@@ -726,6 +726,85 @@ def test_alif_tick_brain_dtypes_and_per_neuron_read_weights(interpret, b, n):
     np.testing.assert_array_equal(np.asarray(o.astype(jnp.float32)), np.asarray(w.astype(jnp.float32)))
 
 
+def _phase_vecs(vec_6xN, n):
+  """Three phases' rows from one: drive gain zero beyond the first quarter (whole kernel
+  blocks at n = 8,192), then no read weight, then both and a new theta."""
+  rows = neuron_update.TICK_VEC_ROWS
+  gain, read, theta = rows.index("gain"), rows.index("read"), rows.index("theta")
+  quarter = vec_6xN.at[gain, n // 4:].set(0.0)
+  unread = vec_6xN.at[read].set(0.0)
+  both = quarter.at[read].set(0.0).at[theta].add(0.05)
+  return jnp.stack([quarter, unread, both])
+
+
+@pytest.mark.parametrize("b,n,partials,lay_out", [
+    (1, 8192, True, True), (4, 8192, False, True), (3, 48, False, True), (1, 8192, True, False),
+    (4, 8192, False, False)])
+def test_alif_tick_takes_every_phases_rows_laid_out_once(interpret, b, n, partials, lay_out):
+  """`tick_rows` lays out every phase's rows once (padded, with the groups and each block's
+  flags); `.at(p)` in place of phase p's [6, N] rows gives the same tick bit for bit, in
+  the kernel (which then reads the phase and the precomputed flags: here at small B too,
+  with _FLAGS_MIN_B lowered, where the kernel given [6, N] rows reduces them itself) and in
+  the reference; with one stream through the propagation's K partial sums too. Rows not
+  laid out (lay_out False: `ops.tick_rows`' XLA form) are laid out by the kernel each tick:
+  the same again. n = 8,192: blocks of 1,024, groups on whole blocks and one block split
+  between two; n = 48: padded."""
+  args = list(tick_inputs(43, b, n, True))
+  if partials:  # B = 1: the event kernel's K partial sums
+    args[4] = jnp.stack([args[4][0] * 0.25] * 4)
+  vec_Px6xN = _phase_vecs(args[7], n)
+  blocks = jnp.arange(n) // 1024
+  group_N = jnp.where(blocks == 3, jnp.where(jnp.arange(n) % 1024 < 300, 3, 4), blocks % 3)
+  kw = dict(**ALIF, n_groups=5, write_s=False)
+  rows = (neuron_update.tick_rows(vec_Px6xN, group_N, 5, batch=b) if lay_out else
+          neuron_update.PhaseRows(vec_Px6xN, None, jnp.zeros((), jnp.int32)))
+  assert (rows.flags_PxFxNb is not None) == lay_out
+  assert rows.vec_PxRxN.shape[:2] == (3, 8 if lay_out else 6)
+  for p in range(3):
+    args[7] = vec_Px6xN[p]
+    plain = neuron_update.alif_tick(*args, group_N=group_N, **kw, interpret=interpret)
+    want = neuron_update.alif_tick_reference(*args, group_N=group_N, **kw)
+    args[7] = rows.at(p)
+    laid = neuron_update.alif_tick(*args, group_N=group_N, **kw, interpret=interpret)
+    ref = neuron_update.alif_tick_reference(*args, group_N=group_N, **kw)
+    if p == 1:  # the phase with the whole drive
+      assert 0.02 < float(jnp.mean(jnp.abs(want[5].astype(jnp.float32)))) < 0.95
+    for o, q_, w, r in zip(laid, plain, want, ref, strict=True):
+      if w is None:
+        continue
+      np.testing.assert_array_equal(np.asarray(o.astype(jnp.float32)),
+                                    np.asarray(q_.astype(jnp.float32)))
+      np.testing.assert_array_equal(np.asarray(r.astype(jnp.float32)),
+                                    np.asarray(w.astype(jnp.float32)))
+  # Phase 1 reads nothing: its read sums stay as they were; phase 0 drives a quarter only.
+  np.testing.assert_array_equal(np.asarray(neuron_update.alif_tick(
+      *args[:7], rows.at(1), *args[8:], group_N=group_N, **kw, interpret=interpret)[6]),
+      np.asarray(args[8]))
+  # Inside jit with a traced phase, as the brain's tick loop calls it.
+  traced = jax.jit(lambda p: neuron_update.alif_tick(
+      *args[:7], rows.at(p), *args[8:], group_N=group_N, **kw, interpret=interpret))(2)
+  args[7] = vec_Px6xN[2]
+  direct = neuron_update.alif_tick(*args, group_N=group_N, **kw, interpret=interpret)
+  for o, w in zip(traced, direct, strict=True):
+    if w is not None:
+      np.testing.assert_array_equal(np.asarray(o.astype(jnp.float32)),
+                                    np.asarray(w.astype(jnp.float32)))
+
+
+def test_tick_rows_refuse_another_kernels_layout():
+  """Rows laid out for the fused kernel's 128-neuron blocks do not fit the tick's blocks of
+  1,024: a clear error, not wrong flags."""
+  args = list(tick_inputs(44, 4, 8192, False))
+  rows = neuron_update.tick_rows(args[7][None], batch=4, fused_tile=128)
+  args[7] = rows.at(0)
+  with pytest.raises(ValueError, match="laid out for another kernel"):
+    neuron_update.alif_tick(*args, **ALIF, interpret=True)
+  with pytest.raises(ValueError, match="rows per phase"):
+    neuron_update.tick_rows(args[7].vec_PxRxN[:, :5], batch=4)
+  with pytest.raises(ValueError, match="group_N with n_groups"):
+    neuron_update.tick_rows(rows.vec_PxRxN[:, :6], jnp.zeros((8192,), jnp.int32), batch=4)
+
+
 def test_alif_tick_bad_shapes():
   args = list(tick_inputs(35, 2, 64, True))
   with pytest.raises(ValueError, match="partial sums"):  # [K, N] partials need B = 1

@@ -252,7 +252,8 @@ def alif_tick_reference(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B
   vec_6xN rows: TICK_VEC_ROWS = theta (homeostatic offset), gate_mask (neurons the
   per-stream gate_B scales), gain (of the token drive), read (this tick's readout weight,
   the same for every neuron), learn (this tick's e-prop weight per neuron), sign (+1
-  excitatory, -1 inhibitory).
+  excitatory, -1 inhibitory); or `PhaseRows` (`tick_rows(...).at(phase)`): those rows of
+  every phase, laid out once per token.
   With one stream (B = 1) prop may be the propagation's K partial sums [K, N]
   (`propagate_events_pallas(partials=True)`): the tick adds them up.
   group_N (with n_groups = G > 0): each neuron's group in [0, G) (e.g. its brain area); the
@@ -261,6 +262,8 @@ def alif_tick_reference(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B
   Returns (v, i, a, tr, s, q, read[, post, spikes][, counts]).
   """
   c = AlifConstants(a_s, a_m, a_a, a_t, beta, threshold, width)
+  if isinstance(vec_6xN, PhaseRows):
+    vec_6xN = vec_6xN.vec_6xN(v_BxN.shape[1])
   vec = tuple(vec_6xN[k][None, :] for k in range(len(TICK_VEC_ROWS)))
   if prop_BxN.shape[0] != v_BxN.shape[0]:  # B = 1: the K partial sums of the propagation
     prop_BxN = jnp.sum(prop_BxN, axis=0, keepdims=True)
@@ -316,7 +319,9 @@ _FLAG_ROWS = ("driven", "reading", "one_group", "group")
 # 3,574 -> 3,485 µs/tick against the kernel that found them itself; 256 streams 591 µs/tick
 # against session 15's 606 (another machine). At one stream (generation, ~30 µs per tick) the
 # in-kernel group search alone cost 1.3 µs/tick; between, the reduction's launch may eat
-# what it saves (not measured).
+# what it saves (not measured). This applies to [6, N] rows given per call: rows laid out
+# once per token (`tick_rows`, as the brain does) carry the flags at every B (session 18:
+# 64 streams 280.0 -> 270.1 µs/tick; one stream 27.7 -> 27.9, within the spread).
 _FLAGS_MIN_B = 256
 
 
@@ -336,9 +341,72 @@ def _block_flags(vec_RxN, block_n: int, n_groups: int):
                     (lo == hi).astype(jnp.float32), lo])
 
 
+class PhaseRows(NamedTuple):
+  """The tick's per-neuron rows of every phase, laid out once per token (`tick_rows`), and
+  the phase of the tick at hand (`at`): the tick loop then indexes them by phase instead of
+  forming its rows (and the Pallas kernel's block flags) again each tick.
+
+  vec_PxRxN: [P, R, N'] float32, each phase's TICK_VEC_ROWS (R = 6, N' = N: as given, for
+    the reference; a kernel given these lays out its phase's rows each tick); laid out
+    for the Pallas kernel also the group row and zero rows up to a power of two (R = 8),
+    N' the kernel's padded N.
+  flags_PxFxNb: [P, 4, N' / block_n] float32, each phase's `_block_flags` for a kernel with
+    blocks of block_n neurons; None for the reference (and a kernel then reduces its rows).
+  phase: int32 scalar, the row of this tick.
+  """
+
+  vec_PxRxN: jax.Array
+  flags_PxFxNb: jax.Array | None
+  phase: jax.Array
+
+  def at(self, phase) -> PhaseRows:
+    """The same table at `phase` (traced or not)."""
+    return self._replace(phase=jnp.asarray(phase, jnp.int32))
+
+  def vec_6xN(self, n: int) -> jax.Array:
+    """This tick's [6, N] rows (TICK_VEC_ROWS), as `alif_tick` takes them unprepared."""
+    return self.vec_PxRxN[self.phase, :len(TICK_VEC_ROWS), :n]
+
+
+def _kernel_rows(vec_6xN, group_N, n_pad: int):
+  """[8, n_pad] float32: the 6 TICK_VEC_ROWS, the groups (-1 on padded neurons: counted
+  nowhere; zeros without groups) and zero rows: Triton blocks have power-of-2 sizes."""
+  n = vec_6xN.shape[-1]
+  rows = pl.next_power_of_2(len(TICK_VEC_ROWS) + 1)
+  vec = jnp.pad(vec_6xN.astype(jnp.float32), ((0, 0), (0, n_pad - n)))
+  extra = jnp.zeros((rows - len(TICK_VEC_ROWS), n_pad), jnp.float32)
+  if group_N is not None:
+    extra = extra.at[0].set(
+        jnp.pad(group_N.astype(jnp.float32), (0, n_pad - n), constant_values=-1.0))
+  return jnp.concatenate([vec, extra])
+
+
+def tick_rows(vec_Px6xN: jax.Array, group_N: jax.Array | None = None, n_groups: int = 0, *,
+              batch: int, fused_tile: int = 0) -> PhaseRows:
+  """Lays out every phase's [6, N] rows (TICK_VEC_ROWS) for `alif_tick` (fused_tile = 0)
+  or `propagate_tick` (fused_tile = the propagation's tile T) with `batch` streams: padded,
+  with the group row when n_groups > 0, and each block's flags (`_block_flags`). The
+  result, `.at(phase)`, stands in for vec_6xN; the kernel then reads the phase's rows and
+  flags from it (no per-tick work besides), at every B: the flags cost nothing per tick
+  here, where `alif_tick` given [6, N] rows computes them per call only from
+  _FLAGS_MIN_B streams on. The same results as vec_6xN (tested)."""
+  p, r, n = vec_Px6xN.shape
+  if r != len(TICK_VEC_ROWS):
+    raise ValueError(f"tick_rows: vec has {r} rows per phase, expected {len(TICK_VEC_ROWS)} "
+                     f"({TICK_VEC_ROWS}).")
+  if (group_N is None) != (n_groups == 0):
+    raise ValueError("tick_rows: give group_N with n_groups > 0, or neither.")
+  n_pad, _, block_n = (n, 0, fused_tile) if fused_tile else _layout(batch, n)
+  group = group_N if n_groups else None
+  vec_PxRxN = jnp.stack([_kernel_rows(vec_Px6xN[k], group, n_pad) for k in range(p)])
+  flags_PxFxNb = jnp.stack([_block_flags(vec_PxRxN[k], block_n, n_groups) for k in range(p)])
+  return PhaseRows(vec_PxRxN, flags_PxFxNb, jnp.zeros((), jnp.int32))
+
+
 def _tick_kernel(*refs, constants: AlifConstants, collect: bool, signed_dtype, partials: bool,
-                 n_groups: int, write_s: bool, fused_block_b: int = 0, flags: bool = False):
-  n_in = (11 if collect else 9) + flags
+                 n_groups: int, write_s: bool, fused_block_b: int = 0, flags: bool = False,
+                 phase_input: bool = False):
+  n_in = (11 if collect else 9) + flags + phase_input  # the phase last
   if fused_block_b:  # the propagation runs here: (col, gain, q, w) lead, prop is not an input
     col_ref, gain_ref, q_ref, w_ref = refs[:4]
     ins, outs = refs[4:3 + n_in], refs[3 + n_in:]
@@ -352,7 +420,12 @@ def _tick_kernel(*refs, constants: AlifConstants, collect: bool, signed_dtype, p
   gate = ins[6][...]
   if partials:  # [K, block_n] partial sums of one stream's propagation
     prop = jnp.sum(prop, axis=0, keepdims=True)
-  rows = tuple(ins[7][k, :][None, :] for k in range(len(TICK_VEC_ROWS)))  # one load per row
+  # The vector rows of every phase ([P, 8, N]): this tick's phase (a scalar input when
+  # there are several, else 0: no load for the address to wait on), this block's columns.
+  phase, block_n = (ins[-1][0] if phase_input else 0), v.shape[1]
+  cols = pl.ds(pl.multiple_of(pl.program_id(1) * block_n, block_n), block_n)
+  row = lambda k: ins[7][phase, k, cols][None, :]
+  rows = tuple(row(k) for k in range(len(TICK_VEC_ROWS)))  # one load per row
   gain, read_w = rows[TICK_VEC_ROWS.index("gain")], rows[TICK_VEC_ROWS.index("read")]
   # Most ticks drive only some areas and read none: a block whose drive gain (read weight)
   # is all zero does not load the drive (nor load and store its read sum, which its
@@ -360,7 +433,7 @@ def _tick_kernel(*refs, constants: AlifConstants, collect: bool, signed_dtype, p
   zeros = lambda: jnp.zeros(v.shape, jnp.float32)
   block_flags = None
   if flags:  # this block's precomputed flags (`_block_flags`): scalar loads, no reductions
-    flag = lambda name: ins[-1][_FLAG_ROWS.index(name), pl.program_id(1)]
+    flag = lambda name: ins[-1 - phase_input][phase, _FLAG_ROWS.index(name), pl.program_id(1)]
     driven, reading = flag("driven") > 0, flag("reading") > 0
     block_flags = (flag("one_group") > 0, flag("group"))
   else:
@@ -374,7 +447,7 @@ def _tick_kernel(*refs, constants: AlifConstants, collect: bool, signed_dtype, p
   vals = _tick_math(v, i, a, tr, prop, drive, gate[:, None], rows, read, post, spk, constants,
                     lambda x: (x > 0).astype(x.dtype), signed_dtype)
   if n_groups:  # this block's spikes per group: [block_b, G_pad]
-    vals += (_block_group_counts(vals[4], ins[7][_GROUP_ROW, :], outs[-1].shape[1],
+    vals += (_block_group_counts(vals[4], row(_GROUP_ROW)[0], outs[-1].shape[1],
                                  tensor_cores=bool(fused_block_b), flags=block_flags),)
   if not write_s:  # s = q * sign: the caller rebuilds it when it needs it
     vals = vals[:4] + vals[5:]
@@ -400,20 +473,35 @@ def _tick_pallas(args, constants, collect, signed_dtype, n_groups, write_s, inte
   else:
     partials = args[4].shape[0] != b  # B = 1 and prop holds K partial sums
     n_pad, block_b, block_n = _layout(b, n)
-  if n_pad != n:  # every [B, N] and the [6, N] rows; gate_B (args[6]) has no N
-    args = tuple(z if k == 6 else jnp.pad(z, ((0, 0), (0, n_pad - n))) for k, z in enumerate(args))
-  # Triton blocks must have power-of-2 sizes: the 6 vector rows (7 with the groups) travel
-  # as 8. Padded neurons belong to group -1 (counted nowhere).
-  rows = pl.next_power_of_2(len(TICK_VEC_ROWS) + 1)
-  extra = [jnp.zeros((rows - len(TICK_VEC_ROWS), n_pad), jnp.float32)]
-  if n_groups:
-    extra[0] = extra[0].at[0].set(
-        jnp.pad(group_N.astype(jnp.float32), (0, n_pad - n), constant_values=-1.0))
-  args = args[:7] + (jnp.concatenate([args[7]] + extra),) + args[8:]
-  # (The fused kernel, >= 16 streams, always reads them: a block of 128 neurons per program.)
-  flags = b >= _FLAGS_MIN_B or bool(fused_block_b)
-  if flags:  # one more input, last: the blocks' flags, read by scalar loads
-    args += (_block_flags(args[7], block_n, n_groups),)
+  vec = args[7]
+  if isinstance(vec, PhaseRows) and vec.vec_PxRxN.shape[1] == len(TICK_VEC_ROWS):
+    vec = vec.vec_6xN(n)  # rows not laid out (the reference's form): as [6, N] rows
+  if n_pad != n:  # every [B, N]; gate_B (args[6]) has no N, the rows are padded below
+    args = tuple(z if k in (6, 7) else jnp.pad(z, ((0, 0), (0, n_pad - n)))
+                 for k, z in enumerate(args))
+  if isinstance(vec, PhaseRows):  # every phase's rows and flags, laid out by `tick_rows`
+    vec_PxRxN, flags_PxFxNb, phase = vec
+    want = (pl.next_power_of_2(len(TICK_VEC_ROWS) + 1), n_pad)
+    if vec_PxRxN.shape[1:] != want or (flags_PxFxNb is not None
+                                        and flags_PxFxNb.shape[1:] != (4, n_pad // block_n)):
+      raise ValueError(
+          f"alif_tick: the PhaseRows were laid out for another kernel (rows "
+          f"{vec_PxRxN.shape[1:]}, flags {None if flags_PxFxNb is None else flags_PxFxNb.shape[1:]}"
+          f"; this one needs rows {want} and flags {(4, n_pad // block_n)}): build them with "
+          "tick_rows(batch=B) for alif_tick, tick_rows(fused_tile=T) for propagate_tick.")
+  else:  # this tick's [6, N] rows: laid out here, as one phase
+    vec_PxRxN = _kernel_rows(vec, group_N if n_groups else None, n_pad)[None]
+    phase, flags_PxFxNb = jnp.zeros((), jnp.int32), None
+    # (The fused kernel, >= 16 streams, always reads them: a block of 128 neurons per program.)
+    if b >= _FLAGS_MIN_B or fused_block_b:
+      flags_PxFxNb = _block_flags(vec_PxRxN[0], block_n, n_groups)[None]
+  flags = flags_PxFxNb is not None
+  args = args[:7] + (vec_PxRxN,) + args[8:]
+  if flags:  # one more input: the blocks' flags, read by scalar loads
+    args += (flags_PxFxNb,)
+  phase_input = vec_PxRxN.shape[0] > 1
+  if phase_input:  # last: the phase, a scalar load
+    args += (jnp.reshape(phase, (1,)).astype(jnp.int32),)
   spec = pl.BlockSpec((block_b, block_n), lambda bi, ni: (bi, ni))
   prop_spec = spec
   if partials:  # the K partial rows likewise, as the next power of two (zero rows added)
@@ -423,8 +511,8 @@ def _tick_pallas(args, constants, collect, signed_dtype, n_groups, write_s, inte
     prop_spec = pl.BlockSpec((k_rows, block_n), lambda bi, ni: (0, ni))
   in_specs = [spec] * 4 + [prop_spec, spec] + [
       pl.BlockSpec((block_b,), lambda bi, ni: (bi,)),
-      pl.BlockSpec((rows, block_n), lambda bi, ni: (0, ni)),
-      spec] + ([spec, spec] if collect else []) + ([pl.BlockSpec()] if flags else [])
+      pl.BlockSpec(),  # every phase's rows: the kernel loads its phase's block
+      spec] + ([spec, spec] if collect else []) + [pl.BlockSpec()] * (flags + phase_input)
   state_dtype = args[0].dtype  # v, i, a, tr: float32 or bfloat16
   out_dtypes = ([state_dtype] * 4 + ([jnp.float32] if write_s else []) + [signed_dtype, jnp.float32]
                 + ([args[9].dtype, args[10].dtype] if collect else []))
@@ -459,7 +547,8 @@ def _tick_pallas(args, constants, collect, signed_dtype, n_groups, write_s, inte
   outs = pl.pallas_call(
       functools.partial(_tick_kernel, constants=constants, collect=collect,
                         signed_dtype=signed_dtype, partials=partials, n_groups=n_groups,
-                        write_s=write_s, fused_block_b=fused_block_b, flags=flags),
+                        write_s=write_s, fused_block_b=fused_block_b, flags=flags,
+                        phase_input=phase_input),
       grid=(b // block_b, n_pad // block_n),
       in_specs=in_specs,
       out_specs=out_specs,
@@ -521,7 +610,9 @@ def alif_tick(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN,
   whose drive gain (read weight) is zero this tick skips the drive (the read sum). With
   B >= _FLAGS_MIN_B those per-block facts, and each block's group, are found once per call
   by a small XLA reduction (`_block_flags`) and read by the programs as scalars; a block
-  inside one group then counts its spikes with one row sum.
+  inside one group then counts its spikes with one row sum. vec_6xN may instead be
+  `tick_rows(...).at(phase)`: every phase's rows and flags laid out once (per token),
+  read by the kernel at the phase (a scalar input), at every B.
   Returns (v, i, a, tr, s, q, read[, post, spikes][, counts_BxG]) with q = s * sign in
   `signed_dtype`; the state and sums are updated in place where XLA can donate them.
   Differentiable (the reference's vjp).
@@ -552,9 +643,16 @@ def _tick_args(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN
   for name, z in named:
     if z.shape != (b, n):
       raise ValueError(f"alif_tick: {name} has shape {z.shape}, expected v's {(b, n)}.")
-  if gate_B.shape != (b,) or vec_6xN.shape != (len(TICK_VEC_ROWS), n):
-    raise ValueError(f"alif_tick: gate {gate_B.shape} / vec {vec_6xN.shape} must be {(b,)} / "
-                     f"{(len(TICK_VEC_ROWS), n)} (rows {TICK_VEC_ROWS}).")
+  prepared = isinstance(vec_6xN, PhaseRows)
+  vec_shape = vec_6xN.vec_PxRxN.shape[1:] if prepared else vec_6xN.shape
+  if gate_B.shape != (b,) or (not prepared and vec_shape != (len(TICK_VEC_ROWS), n)):
+    raise ValueError(f"alif_tick: gate {gate_B.shape} / vec {vec_shape} must be {(b,)} / "
+                     f"{(len(TICK_VEC_ROWS), n)} (rows {TICK_VEC_ROWS}; or PhaseRows from "
+                     "tick_rows).")
+  if prepared and (vec_6xN.vec_PxRxN.ndim != 3 or vec_6xN.phase.shape != ()):
+    raise ValueError(f"alif_tick: PhaseRows need [P, R, N] rows and a scalar phase (got "
+                     f"{vec_6xN.vec_PxRxN.shape}, phase {vec_6xN.phase.shape}): use "
+                     "tick_rows(...).at(phase).")
   if (group_N is None) != (n_groups == 0) or (group_N is not None and group_N.shape != (n,)):
     raise ValueError(f"alif_tick: give group_N of shape {(n,)} with n_groups > 0 (got "
                      f"{None if group_N is None else group_N.shape}, n_groups={n_groups}), "
@@ -570,7 +668,8 @@ def _tick_args(v_BxN, i_BxN, a_BxN, tr_BxN, prop_BxN, drive_BxN, gate_B, vec_6xN
   # The two currents go in as they are (a bfloat16 drive is read as such: converting it
   # here would be a [B, N] pass per tick).
   f32 = lambda z: z.astype(jnp.float32)
-  args = state + (prop_BxN, drive_BxN) + tuple(f32(z) for z in (gate_B, vec_6xN, read_BxN))
+  vec = vec_6xN if prepared else f32(vec_6xN)
+  args = state + (prop_BxN, drive_BxN, f32(gate_B), vec, f32(read_BxN))
   if collect:
     args += (post_BxN, spikes_BxN)
   if n_groups:
