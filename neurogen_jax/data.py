@@ -55,7 +55,8 @@ from neurogen_jax import corpus
 from neurogen_jax.corpus import DataSourceError
 
 __all__ = [
-    "Batch", "DataSourceError", "FileDocuments", "HFDocuments", "PackedBatches", "PackedShards",
+    "Batch", "ContiguousBatches", "DataSourceError", "FileDocuments", "HFDocuments",
+    "PackedBatches", "PackedShards",
     "ReadStats", "SUPPORTED_SUFFIXES", "ShardedDocuments", "TextDocuments", "as_documents",
     "hf_documents", "make_documents", "resolve_files", "shard_documents",
 ]
@@ -756,6 +757,77 @@ class _PackedShardsIterator(grain.DatasetIterator):
       raise ValueError(f"the data state has no shard {missing} (it holds {sorted(state)}).")
     for s, it in self._shards.items():
       it.set_state(state[str(s)])
+
+
+class ContiguousBatches(grain.IterDataset):
+  """A finite corpus as B contiguous pieces, one per stream (`experiments.learn`'s layout).
+
+  All documents are read and encoded first (documents joined by eos, as
+  `evaluate.encode_documents`); the id stream is cut into B pieces of equal length and
+  stream b reads piece b from its start, L tokens per batch. Every batch thus holds B
+  places spread over the whole corpus (PackedBatches' B streams instead read B
+  neighbouring segments, a few documents at a time, so a pass walks the corpus document
+  by document). Fewer than B x L + B tokens at the end are left over. Needs a finite
+  document stream (num_epochs >= 1); memory: the whole corpus' ids (4 bytes a token).
+
+  The iterator's state is the next batch's index (and the shape), so a resume is exact.
+  """
+
+  def __init__(self, documents: grain.IterDataset | Iterable[str], tokenizer: TokenizerLike,
+               batch_size: int, seq_len: int):
+    if batch_size < 1 or seq_len < 1:
+      raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}.")
+    super().__init__(as_documents(documents))
+    self._tokenizer = tokenizer
+    self._shape = {"batch_size": batch_size, "seq_len": seq_len}
+
+  def __iter__(self) -> _ContiguousBatchesIterator:
+    return _ContiguousBatchesIterator(self._parent, self._tokenizer, **self._shape)
+
+  def __str__(self) -> str:
+    return f"ContiguousBatches({self._shape})"
+
+
+class _ContiguousBatchesIterator(grain.DatasetIterator):
+
+  def __init__(self, documents: grain.IterDataset, tokenizer: TokenizerLike, batch_size: int,
+               seq_len: int):
+    super().__init__()
+    self._shape = {"batch_size": batch_size, "seq_len": seq_len}
+    docs = documents.__iter__()
+    ids: list[int] = []
+    for i, text in enumerate(docs):
+      if i:
+        ids.append(int(tokenizer.eos_id))
+      ids.extend(tokenizer.encode(text))
+    self.stats = getattr(docs, "stats", None)
+    per_stream = len(ids) // batch_size
+    self._chunks = max((per_stream - 1) // seq_len, 0)
+    length = self._chunks * seq_len + 1
+    flat = np.asarray(ids, np.int32)
+    self._streams = np.stack([flat[b * per_stream: b * per_stream + length]
+                              for b in range(batch_size)]) if self._chunks else None
+    self._next = 0
+
+  def __next__(self) -> Batch:
+    self._assert_not_closed()
+    if self._next >= self._chunks:
+      raise StopIteration
+    L = self._shape["seq_len"]
+    x = self._streams[:, self._next * L: (self._next + 1) * L + 1]
+    self._next += 1
+    return Batch(inputs_BxL=np.ascontiguousarray(x[:, :-1]),
+                 targets_BxL=np.ascontiguousarray(x[:, 1:]))
+
+  def get_state(self) -> dict[str, Any]:
+    return {"layout": "contiguous", "next_batch": self._next, "shape": dict(self._shape)}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    if state.get("layout") != "contiguous" or state["shape"] != self._shape:
+      raise ValueError(f"This data state was saved with {state.get('shape')} "
+                       f"({state.get('layout', 'packed')}), the pipeline now has {self._shape} "
+                       "(contiguous).")
+    self._next = int(state["next_batch"])
 
 
 def _pack_tokens(tokens: list[int]) -> str:

@@ -551,9 +551,22 @@ class Trainer:
          f"({self._nonfinite_in_a_row} of {limit} in a row before rolling back to the last "
          "checkpoint).")
 
-  def _packed(self) -> data.PackedBatches | data.PackedShards:
-    """This process's batches: all B streams, or the B/S streams of each of its data shards."""
+  def _packed(self) -> data.PackedBatches | data.PackedShards | data.ContiguousBatches:
+    """This process's batches: all B streams, or the B/S streams of each of its data shards.
+
+    data.layout 'contiguous' (one shard, finite data): each stream reads its own contiguous
+    1/B of the whole corpus (`data.ContiguousBatches`, experiments.learn's layout); 'packed'
+    (default): documents dealt in segments to the streams (`data.PackedBatches`)."""
     segment_tokens = int(self.config.data.max_seq_length)
+    layout = self.config.data.get("layout", "packed")
+    if layout not in ("packed", "contiguous"):
+      raise ConfigError(f"data.layout must be 'packed' or 'contiguous', got {layout!r}.")
+    if layout == "contiguous":
+      if self._shards.count != 1 or not int(self.config.data.num_epochs):
+        raise ConfigError("data.layout='contiguous' needs one data shard and a finite corpus "
+                          "(data.num_epochs >= 1).")
+      return data.ContiguousBatches(self._documents, self.tokenizer, batch_size=self.batch_size,
+                                    seq_len=self.chunk_len)
     if self._shards.count == 1:
       return data.PackedBatches(self._documents, self.tokenizer, batch_size=self.batch_size,
                                 seq_len=self.chunk_len, segment_tokens=segment_tokens)
@@ -566,6 +579,8 @@ class Trainer:
     """What must not change between a checkpoint and its resumption (JSON-normalised)."""
     d = self.config.data
     source = {"kind": self._dataset_kind, "max_seq_length": d.max_seq_length}
+    if d.get("layout", "packed") != "packed":  # (absent when packed: older checkpoints match)
+      source["layout"] = d.layout
     if self._dataset_kind == "config":
       source.update(files=d.files, dataset_name=d.dataset_name, split=d.split,
                     num_epochs=d.num_epochs)

@@ -402,17 +402,57 @@ def test_resume_from_state_gives_the_same_next_five_batches(tmp_path, source, cu
     documents = data.FileDocuments(data.resolve_files(tmp_path), num_epochs=None)
   dataset = data.PackedBatches(documents, ByteTokenizer(), batch_size=3, seq_len=7,
                                segment_tokens=9)
+  iterator, resumed, _ = assert_resumes(dataset, cut, 5)
+  assert resumed.stats == iterator.stats
+
+
+def assert_resumes(dataset, cut, count):
+  """After `cut` batches, an iterator restored from the (JSON round-tripped) state gives
+  the same next `count` batches -> (the first iterator, the restored one, the state)."""
   iterator = iter(dataset)
   for _ in range(cut):
     next(iterator)
   state = json.loads(json.dumps(iterator.get_state()))
-  expected = [next(iterator) for _ in range(5)]
+  expected = [next(iterator) for _ in range(count)]
   resumed = iter(dataset)
   resumed.set_state(state)
-  for want, got in zip(expected, (next(resumed) for _ in range(5))):
+  for want, got in zip(expected, (next(resumed) for _ in range(count)), strict=True):
     np.testing.assert_array_equal(want.inputs_BxL, got.inputs_BxL)
     np.testing.assert_array_equal(want.targets_BxL, got.targets_BxL)
-  assert resumed.stats == iterator.stats
+  return iterator, resumed, state
+
+
+def test_contiguous_batches_are_b_pieces_of_the_whole_corpus():
+  """layout 'contiguous' (experiments.learn's): the documents joined by eos, cut into B
+  equal pieces, stream b reading piece b from its start L tokens at a time; what is left
+  over is fewer than L + 1 tokens per stream."""
+  eos, b, seq = ByteTokenizer.eos_id, 3, 5
+  ids = []
+  for k, text in enumerate(TEXTS):
+    ids += ([eos] if k else []) + list(text.encode())
+  per = len(ids) // b
+  out = batches(data.ContiguousBatches(TEXTS, ByteTokenizer(), batch_size=b, seq_len=seq))
+  assert len(out) == (per - 1) // seq >= 10
+  for c, (inputs, targets) in enumerate(out):
+    assert inputs.shape == targets.shape == (b, seq) and inputs.dtype == np.int32
+    for s_ in range(b):
+      piece = ids[s_ * per + c * seq: s_ * per + (c + 1) * seq + 1]
+      np.testing.assert_array_equal(inputs[s_], piece[:-1])
+      np.testing.assert_array_equal(targets[s_], piece[1:])
+  # Each batch spans the corpus: its streams start a third of the corpus apart.
+  assert out[0][0][1, 0] == ids[per] and out[0][0][2, 0] == ids[2 * per]
+
+
+@pytest.mark.parametrize("cut", [0, 3])
+def test_contiguous_batches_resume_exactly_and_refuse_other_states(cut):
+  dataset = data.ContiguousBatches(TEXTS, ByteTokenizer(), batch_size=3, seq_len=5)
+  _, resumed, state = assert_resumes(dataset, cut, 4)
+  other = iter(data.ContiguousBatches(TEXTS, ByteTokenizer(), batch_size=4, seq_len=5))
+  with pytest.raises(ValueError, match="contiguous"):
+    other.set_state(state)
+  packed = iter(data.PackedBatches(TEXTS, ByteTokenizer(), batch_size=3, seq_len=5))
+  with pytest.raises(ValueError, match="contiguous"):
+    resumed.set_state(packed.get_state())
 
 
 def test_resume_with_other_batch_shape_is_refused():

@@ -403,6 +403,35 @@ def test_python_api_with_dataset_and_log_callback(tmp_path, capfd):
   assert checkpoint.latest_checkpoint(tmp_path / "checkpoints").step == 3
 
 
+def test_contiguous_layout_trains_resumes_and_is_checked(tmp_path, capfd):
+  """data.layout='contiguous' (the default config's, experiments.learn's layout): a Trainer
+  on a list of texts trains and resumes from its checkpoint; endless data or another
+  layout name are refused with what to set."""
+  from experiments.configs import tiny  # pylint: disable=g-import-not-at-top
+  texts = [f"Document {k}: " + "alpha beta gamma delta. " * (5 + k) for k in range(12)]
+
+  def trainer(max_chunks, run_dir=tmp_path, **data_overrides):
+    config = tiny.get_config()
+    config.run_dir, config.train.max_chunks = str(run_dir), max_chunks
+    config.train.log_interval, config.train.checkpoint_interval = 1, 2
+    config.data.layout, config.data.num_epochs = "contiguous", 1
+    config.data.update(data_overrides)
+    return train_lib.Trainer(config, dataset=texts)
+
+  result = trainer(2).train()
+  assert (result.step, result.stopped) == (2, "max_chunks")
+  assert result.tokens == 2 * TOKENS_PER_CHUNK
+  result = trainer(3).train()
+  assert "Resumed from" in capfd.readouterr().err and result.step == 3
+  with pytest.raises(train_lib.ConfigError, match="num_epochs >= 1"):
+    trainer(4, run_dir=tmp_path / "endless", num_epochs=0).train()
+  with pytest.raises(train_lib.ConfigError, match="'packed' or 'contiguous'"):
+    trainer(4, run_dir=tmp_path / "other", layout="shuffled").train()
+  # A run of one layout does not resume in the other.
+  with pytest.raises(checkpoint.CheckpointError, match="data.layout: checkpoint 'contiguous'"):
+    trainer(4, layout="packed", num_epochs=0).train()
+
+
 def test_offline_hub_error_is_fast_and_clear(tmp_path, env):
   start = time.monotonic()
   proc = run_cli("experiments.train", ["--config=slimpajama", f"--run_dir={tmp_path}"], env,

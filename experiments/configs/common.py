@@ -15,7 +15,10 @@ Sections (read by `neurogen_jax.train.Trainer`):
               'bytes' = ByteTokenizer, else the path of a saved tokenizer), vocab_size,
               sample_chars (also the sample of the unigram readout bias), max_seq_length
               (documents reach the streams in segments of at most this many tokens, each
-              followed by eos), num_epochs (passes over local files, 0 = endless),
+              followed by eos), num_epochs (passes over local files, 0 = endless), layout
+              ('packed': documents dealt to the streams in segments, a few documents at a
+              time; 'contiguous': a finite corpus read whole and cut into B contiguous
+              pieces, one per stream, as experiments.learn does),
               num_shards (0 = one per host: each host reads its own shard of the documents
               into its own streams; S > 0 splits the stream into S shards feeding B/S
               streams each, so one host with S = 2 sees the batches of a 2-host run)
@@ -111,6 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
       max_seq_length=2048,
       num_epochs=1,
       num_shards=0,
+      layout="packed",
   ))
   config.train = ml_collections.ConfigDict(dict(
       mode="local",

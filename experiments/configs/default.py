@@ -7,7 +7,11 @@ local-rule run (2.1779 held-out bits/byte after one pass, below the KN 5-gram's 
   - 100 ms spike traces (`tau_trace_ms`),
   - slow readout features, an average over tokens with decay 0.85 (`readout_slow_decay`),
   - chunks of 64 streams x 4 tokens, Adam at 3e-3 with a cosine decay to 0 over one pass
-    (~5,300 chunks of 256 tokens; `lr_decay_chunks`).
+    (5,304 chunks of 256 tokens; `lr_decay_chunks`),
+  - experiments.learn's data layout (`data.layout="contiguous"`): each stream reads its
+    own contiguous 1/64 of the plays, so every chunk draws on ~35 plays. With the packed
+    layout (64 neighbouring 2,048-token segments, the plays in order) the same run gave
+    2.2139 instead of 2.1797 on an H200 (docs/LEARNING.md, session 18).
 The library's `BrainConfig()` keeps Broca's readout alone (what the benchmarks time):
 reading every area twice makes the readout's weights 2 x 79,872 x 512 (164 MB in bf16),
 which a B = 1 generation step reads once per token (~2.7 us per tick at ~3 TB/s).
@@ -16,7 +20,7 @@ which a B = 1 generation step reads once per token (~2.7 us per tick at ~3 TB/s)
 
 from experiments.configs import common
 
-ONE_PASS_CHUNKS = 5300  # ~1,358,000 training tokens (+ eos) / (64 x 4)
+ONE_PASS_CHUNKS = 5304  # (1,357,999 eos-joined training ids // 64 streams - 1) // 4
 
 
 def get_config():
@@ -24,4 +28,8 @@ def get_config():
   config.train.batch_size = 64
   config.train.tokens_per_chunk = 256
   config.train.lr_decay_chunks = ONE_PASS_CHUNKS
+  # experiments.learn's data layout: each stream reads its own contiguous 1/64 of the 38
+  # plays, so every chunk draws on ~36 plays. The packed layout's 64 streams read 64
+  # neighbouring 2,048-token segments (~4.5 plays a chunk, the plays in order).
+  config.data.layout = "contiguous"
   return config
