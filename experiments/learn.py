@@ -262,13 +262,11 @@ def training_streams(train_ids: np.ndarray, batch: int, chunk_len: int, max_toke
     raise app.UsageError(f"--passes must be >= 1, got {passes}")
   train_ids = np.tile(train_ids, passes) if passes > 1 else train_ids
   usable = len(train_ids) if max_tokens <= 0 else min(len(train_ids), max_tokens + batch)
-  per_stream = usable // batch
-  n_chunks = (per_stream - 1) // chunk_len
-  if n_chunks < 1:
+  streams = data_lib.contiguous_streams(train_ids[:usable], batch, chunk_len)
+  if streams.shape[1] <= chunk_len:
     raise app.UsageError(f"{usable} training tokens cannot fill one chunk of {batch} streams x "
                          f"{chunk_len} tokens; lower --batch or --chunk_len.")
-  length = n_chunks * chunk_len + 1
-  return np.stack([train_ids[b * per_stream: b * per_stream + length] for b in range(batch)])
+  return streams
 
 
 def _time_eval_call(ts, config, streams: int, test_ids: np.ndarray) -> float:

@@ -340,7 +340,7 @@ def cognitive_step(params: Params, state: BrainState, token_ids_B: jax.Array, co
 
   # The ticks that read (each neuron's ticks that learn): fixed by the phase table, so
   # summed here once rather than carried through the ticks (exact: whole numbers).
-  ticks_P = jnp.asarray([ph.ticks for ph in config.phases], jnp.float32)
+  ticks_P = table.ticks_P.astype(jnp.float32)
   read_ticks = jnp.dot(ticks_P, table.read_P, precision=jax.lax.Precision.HIGHEST)
   features_BxNr = readout.read_areas(config, acc.read_BxN) / jnp.maximum(read_ticks, 1.0)
   features_BxNr, slow_BxNr = readout.with_slow(config, features_BxNr, state.slow_BxNr)

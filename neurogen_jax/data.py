@@ -58,7 +58,8 @@ __all__ = [
     "Batch", "ContiguousBatches", "DataSourceError", "FileDocuments", "HFDocuments",
     "PackedBatches", "PackedShards",
     "ReadStats", "SUPPORTED_SUFFIXES", "ShardedDocuments", "TextDocuments", "as_documents",
-    "hf_documents", "make_documents", "resolve_files", "shard_documents",
+    "contiguous_streams", "hf_documents", "join_documents", "make_documents", "resolve_files",
+    "shard_documents",
 ]
 
 SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".jsonl.zst", ".parquet")
@@ -759,11 +760,32 @@ class _PackedShardsIterator(grain.DatasetIterator):
       it.set_state(state[str(s)])
 
 
+def join_documents(tokenizer: TokenizerLike, texts: Iterable[str]) -> np.ndarray:
+  """Several documents as one int32 id stream: their ids joined by eos (none before the
+  first). `evaluate.encode_documents` and `ContiguousBatches` read a corpus so."""
+  ids: list[int] = []
+  for i, text in enumerate(texts):
+    if i:
+      ids.append(int(tokenizer.eos_id))
+    ids.extend(tokenizer.encode(text))
+  return np.asarray(ids, np.int32)
+
+
+def contiguous_streams(ids: np.ndarray, batch_size: int, seq_len: int) -> np.ndarray:
+  """[B, n * L + 1]: B contiguous pieces of `ids`, piece b starting at b * (len // B), n
+  the whole chunks of L tokens each piece holds with the target after them (n may be 0:
+  then the pieces hold at most one id). `ContiguousBatches`' streams, and
+  `experiments.learn`'s."""
+  per_stream = len(ids) // batch_size
+  length = max((per_stream - 1) // seq_len, 0) * seq_len + 1
+  return np.stack([ids[b * per_stream: b * per_stream + length] for b in range(batch_size)])
+
+
 class ContiguousBatches(grain.IterDataset):
   """A finite corpus as B contiguous pieces, one per stream (`experiments.learn`'s layout).
 
-  All documents are read and encoded first (documents joined by eos, as
-  `evaluate.encode_documents`); the id stream is cut into B pieces of equal length and
+  All documents are read and encoded first (`join_documents`: joined by eos); the id
+  stream is cut into B pieces of equal length (`contiguous_streams`) and
   stream b reads piece b from its start, L tokens per batch. Every batch thus holds B
   places spread over the whole corpus (PackedBatches' B streams instead read B
   neighbouring segments, a few documents at a time, so a pass walks the corpus document
@@ -795,18 +817,9 @@ class _ContiguousBatchesIterator(grain.DatasetIterator):
     super().__init__()
     self._shape = {"batch_size": batch_size, "seq_len": seq_len}
     docs = documents.__iter__()
-    ids: list[int] = []
-    for i, text in enumerate(docs):
-      if i:
-        ids.append(int(tokenizer.eos_id))
-      ids.extend(tokenizer.encode(text))
+    self._streams = contiguous_streams(join_documents(tokenizer, docs), batch_size, seq_len)
     self.stats = getattr(docs, "stats", None)
-    per_stream = len(ids) // batch_size
-    self._chunks = max((per_stream - 1) // seq_len, 0)
-    length = self._chunks * seq_len + 1
-    flat = np.asarray(ids, np.int32)
-    self._streams = np.stack([flat[b * per_stream: b * per_stream + length]
-                              for b in range(batch_size)]) if self._chunks else None
+    self._chunks = max((self._streams.shape[1] - 1) // seq_len, 0)
     self._next = 0
 
   def __next__(self) -> Batch:

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from neurogen_jax import baselines, brain, learning
+from neurogen_jax import baselines, brain, data, learning
 from neurogen_jax.brain import Params
 from neurogen_jax.config import BrainConfig
 from neurogen_jax.metrics import EvalResult, format_table
@@ -229,12 +229,7 @@ def encode_documents(tokenizer, texts: Sequence[str]) -> tuple[np.ndarray, str]:
   eos separates documents as in training (`data.PackedBatches`); it encodes no bytes,
   so the text is the plain concatenation. int32 ids.
   """
-  ids: list[int] = []
-  for i, text in enumerate(texts):
-    if i:
-      ids.append(int(tokenizer.eos_id))
-    ids.extend(tokenizer.encode(text))
-  return np.asarray(ids, np.int32), "".join(texts)
+  return data.join_documents(tokenizer, texts), "".join(texts)
 
 
 def truncate_tokens(tokenizer, token_ids: np.ndarray, text: str, max_tokens: int
