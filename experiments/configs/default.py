@@ -11,7 +11,8 @@ local-rule run (2.1779 held-out bits/byte after one pass, below the KN 5-gram's 
   - experiments.learn's data layout (`data.layout="contiguous"`): each stream reads its
     own contiguous 1/64 of the plays, so every chunk draws on ~35 plays. With the packed
     layout (64 neighbouring 2,048-token segments, the plays in order) the same run gave
-    2.2139 instead of 2.1797 on an H200 (docs/LEARNING.md, session 18).
+    2.2139 instead of 2.1797 on an H200 (docs/LEARNING.md, session 18); the whole
+    pass with this layout: 2.1790 on an H100 (session 19).
 The library's `BrainConfig()` keeps Broca's readout alone (what the benchmarks time):
 reading every area twice makes the readout's weights 2 x 79,872 x 512 (164 MB in bf16),
 which a B = 1 generation step reads once per token (~2.7 us per tick at ~3 TB/s).
