@@ -82,6 +82,7 @@ TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
 RESUME_CHOICES = ("auto", "yes", "no")
 MODES = ("local", "bptt")
+DATA_LAYOUTS = ("packed", "contiguous")  # data.layout: see data.PackedBatches / ContiguousBatches
 BYTES_TOKENIZER = "bytes"
 _INIT_OPTIMIZER = learning.make_optimizer(1.0)
 
@@ -210,6 +211,9 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("run_dir is empty; pass --run_dir=DIR.")
   if config.data.max_seq_length < 1:
     raise ConfigError(f"data.max_seq_length must be >= 1, got {config.data.max_seq_length}.")
+  layout = config.data.get("layout", "packed")
+  if layout not in DATA_LAYOUTS:
+    raise ConfigError(f"data.layout must be 'packed' or 'contiguous', got {layout!r}.")
 
 
 def enable_compilation_cache(directory: str | os.PathLike) -> None:
@@ -341,7 +345,7 @@ class Trainer:
     self.train_state = self._place(ts)
     self.step = 0
     self.tokens = 0
-    self._batches = iter(self._packed())
+    self._batches = iter(self._batch_dataset())
 
   def _make_tokenizer_from(self, init_from: Path | None, sample: list[str] | None):
     """The run's tokenizer: init_from's, the configured one, or one trained on `sample`."""
@@ -441,7 +445,7 @@ class Trainer:
     ts, self._rng = checkpoint.restore(path, abstract, device=self.device)
     self.step = int(meta["step"])
     self.tokens = int(meta["tokens"])
-    self._batches = iter(self._packed())
+    self._batches = iter(self._batch_dataset())
     if self._shards.count > 1:
       data_state = checkpoint.read_data_shards(path, self._shards.local, self._shards.count)
     else:
@@ -551,17 +555,14 @@ class Trainer:
          f"({self._nonfinite_in_a_row} of {limit} in a row before rolling back to the last "
          "checkpoint).")
 
-  def _packed(self) -> data.PackedBatches | data.PackedShards | data.ContiguousBatches:
+  def _batch_dataset(self) -> data.PackedBatches | data.PackedShards | data.ContiguousBatches:
     """This process's batches: all B streams, or the B/S streams of each of its data shards.
 
     data.layout 'contiguous' (one shard, finite data): each stream reads its own contiguous
     1/B of the whole corpus (`data.ContiguousBatches`, experiments.learn's layout); 'packed'
     (default): documents dealt in segments to the streams (`data.PackedBatches`)."""
     segment_tokens = int(self.config.data.max_seq_length)
-    layout = self.config.data.get("layout", "packed")
-    if layout not in ("packed", "contiguous"):
-      raise ConfigError(f"data.layout must be 'packed' or 'contiguous', got {layout!r}.")
-    if layout == "contiguous":
+    if self.config.data.get("layout", "packed") == "contiguous":  # (checked by _check_config)
       if self._shards.count != 1 or not int(self.config.data.num_epochs):
         raise ConfigError("data.layout='contiguous' needs one data shard and a finite corpus "
                           "(data.num_epochs >= 1).")

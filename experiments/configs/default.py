@@ -29,8 +29,5 @@ def get_config():
   config.train.batch_size = 64
   config.train.tokens_per_chunk = 256
   config.train.lr_decay_chunks = ONE_PASS_CHUNKS
-  # experiments.learn's data layout: each stream reads its own contiguous 1/64 of the 38
-  # plays, so every chunk draws on ~36 plays. The packed layout's 64 streams read 64
-  # neighbouring 2,048-token segments (~4.5 plays a chunk, the plays in order).
-  config.data.layout = "contiguous"
+  config.data.layout = "contiguous"  # experiments.learn's layout: see the docstring
   return config
