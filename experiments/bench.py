@@ -33,7 +33,7 @@ from absl import app, flags
 
 from neurogen_jax import brain, learning
 from neurogen_jax.config import BrainConfig
-from neurogen_jax.pallas import neuron_update
+from neurogen_jax.pallas import neuron_update, propagate
 from neurogen_jax.plasticity import PlasticityConfig
 from experiments.timing import copy_bandwidth, device_op_times, hlo_op_sources
 
@@ -67,6 +67,10 @@ flags.DEFINE_string("readout_also", "", "comma-separated BrainConfig.readout_als
 flags.DEFINE_string("fuse_propagation", "false", "comma-separated BrainConfig.fuse_propagation "
                     "values (true: the propagation inside the neuron tick's kernel; Pallas, B a "
                     "multiple of 16)")
+flags.DEFINE_string("propagation_backend", "auto", "comma-separated BrainConfig."
+                    "propagation_backend values (auto, triton, mosaic_gpu: the Pallas dense "
+                    "propagation's lowering at B > 1; auto = mosaic_gpu on Hopper from 128 "
+                    "streams); each row gives the lowering that ran")
 flags.DEFINE_bool("find_max_batch", False, "double B (learning on, first of --impls) until it no "
                   "longer fits")
 flags.DEFINE_integer("max_batch_start", 256, "first B of --find_max_batch")
@@ -146,6 +150,7 @@ def bench_point(config: BrainConfig, batch: int, learn: bool, n_tokens: int, rep
           "tick_unroll": config.tick_unroll,
           "scan_unroll": config.scan_unroll(batch, jax.default_backend()),
           "events_variant": _events_variant(config, batch),
+          "propagation_backend": _propagation_backend(config, batch),
           "inference_dtype": None if learn else inference_dtype,
           "us_per_tick": sec / ticks * 1e6, "tokens_per_s": batch * n_tokens / sec,
           "compile_s": compile_s, "peak_bytes": stats.get("peak_bytes_in_use"),
@@ -175,6 +180,16 @@ def profile_point(fn, hlo_text: str, point_dir: str, ticks: int, top: int = 25) 
   return rows
 
 
+def _propagation_backend(config: BrainConfig, batch: int) -> str | None:
+  """The dense Pallas propagation's lowering at this point (None: XLA, or B = 1's events)."""
+  if config.implementation != "pallas" or batch == 1:
+    return None
+  if config.propagation_backend != "auto":
+    return config.propagation_backend
+  tiles = jax.ShapeDtypeStruct((1, 1, config.tile, config.tile), config.weight_dtype)
+  return propagate.choose_backend(batch, tiles)
+
+
 def _events_variant(config: BrainConfig, batch: int) -> str | None:
   """The event kernel a point uses, or None (XLA, or B > 1: dense propagation)."""
   return config.events_variant if config.implementation == "pallas" and batch == 1 else None
@@ -200,6 +215,7 @@ def _report(r: dict, out) -> None:
   print(f"  {r['implementation']:6s} B={r['batch']:5d} learn={'on ' if r['learning'] else 'off'} "
         f"unroll={r['scan_unroll']:2d} events={variant:6s} w={weights:4s} "
         f"fuse={int(bool(r.get('fuse_propagation')))} "
+        f"prop={r.get('propagation_backend') or '-'} "
         f"{r['us_per_tick']:9.1f} us/tick "
         f"{r['tokens_per_s']:10.1f} tok/s  {floor}compile {r['compile_s']:.0f}s  "
         f"program {gib(r['program_bytes'])} GiB  peak {gib(r['peak_bytes'])} GiB", flush=True)
@@ -259,6 +275,7 @@ def main(argv):
   variants = FLAGS.events_variant.split(",")
   dtypes = FLAGS.inference_dtype.split(",")
   fuses = [_bool(f) for f in FLAGS.fuse_propagation.split(",")]
+  backends = FLAGS.propagation_backend.split(",")
   for impl in FLAGS.impls.split(","):
     base = BrainConfig(scale=FLAGS.scale, implementation=impl, **_dtypes())
     print(f"brain: {base.num_neurons} neurons, {base.num_synapses / 1e6:.1f}M synapses, "
@@ -268,13 +285,13 @@ def main(argv):
     for learn in [s == "on" for s in FLAGS.learning.split(",")]:
       for b in batches:
         done = set()  # (scan unroll, event kernel, dtype) already measured for this point
-        for unroll, variant, dtype, fuse in itertools.product(
-            unrolls, variants, ["float32"] if learn else dtypes, fuses):
+        for unroll, variant, dtype, fuse, backend in itertools.product(
+            unrolls, variants, ["float32"] if learn else dtypes, fuses, backends):
           config = base.replace(tick_unroll=unroll, events_variant=variant,
-                                fuse_propagation=fuse)
+                                fuse_propagation=fuse, propagation_backend=backend)
           fused = fuse and impl == "pallas" and neuron_update.fused_block_b(b) > 0
           key = (config.scan_unroll(b, jax.default_backend()), _events_variant(config, b),
-                 dtype, fused)
+                 dtype, fused, None if fused else _propagation_backend(config, b))
           if key in done:  # the same program as an earlier row (e.g. auto = 1 at B > 1)
             continue
           done.add(key)

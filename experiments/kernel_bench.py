@@ -160,21 +160,25 @@ def main(argv):
         variants.append(("triton", 128))
       if batch >= 32:
         variants.append(("triton", 32))
-      variants += [("mosaic_gpu", None)] + ([("mosaic_gpu", 128)] if batch >= 128 else [])
+      if propagate._is_hopper() or _INTERPRET.value:  # wgmma: Hopper only (any B: padded to 128 rows)
+        variants.append(("mosaic_gpu", None))
       for backend, block_b in variants:
         fn = jax.jit(functools.partial(propagate.propagate, backend=backend, block_b=block_b, **interp))
         impl = f"pallas-{backend}" + (f"-b{block_b}" if block_b else "")
         measure(rows, "propagate", batch, impl, fn, (spk, w, col, gain), ref, fl, iters)
-      fn = jax.jit(functools.partial(propagate.propagate, out_dtype=jnp.bfloat16, **interp))
-      measure(rows, "propagate", batch, "pallas-triton-bf16out", fn, (spk, w, col, gain), ref,
-              floor(w_bytes + batch * n * (2 + 2)), iters, note="bf16 current")
+      for backend in ["triton"] + (["mosaic_gpu"] if propagate._is_hopper() or _INTERPRET.value
+                                    else []):
+        fn = jax.jit(functools.partial(propagate.propagate, out_dtype=jnp.bfloat16,
+                                       backend=backend, **interp))
+        measure(rows, "propagate", batch, f"pallas-{backend}-bf16out", fn, (spk, w, col, gain),
+                ref, floor(w_bytes + batch * n * (2 + 2)), iters, note="bf16 current")
       for group in (int(g) for g in _B_GROUPS.value):
         fn = jax.jit(functools.partial(propagate.propagate, out_dtype=jnp.bfloat16,
-                                       b_group=group, **interp))
+                                       backend="triton", b_group=group, **interp))
         measure(rows, "propagate", batch, f"pallas-triton-bf16out-g{group}", fn,
                 (spk, w, col, gain), ref, floor(w_bytes + batch * n * (2 + 2)), iters,
                 note=f"bf16 current, groups of {group} batch tiles")
-      fn = jax.jit(functools.partial(propagate.propagate, **interp))
+      fn = jax.jit(functools.partial(propagate.propagate, backend="triton", **interp))
       measure(rows, "propagate", batch, "pallas-triton-int8", fn, (spk.astype(jnp.int8), w, col, gain),
               ref, floor(w_bytes + batch * n * (1 + 4)), iters, note="int8 spikes")
 

@@ -16,13 +16,15 @@ from typing import Any, Literal
 AREA_NAMES = ("thalamus", "wernicke", "broca", "hippocampus", "pfc", "basal_ganglia")
 # The Pallas event-kernel variants (`pallas.events.propagate_events_pallas(variant=...)`).
 EVENTS_VARIANTS = ("tiles", "rows", "atomic")
+PROPAGATION_BACKENDS = ("auto", "triton", "mosaic_gpu")
 PHASE_NAMES = ("sensation", "perception", "integration", "selection", "action")
 
 
 # BrainConfig fields that choose how a step runs, not what it computes: a checkpoint
 # resumes or loads under other values (e.g. trained with XLA on a CPU, resumed with Pallas on
 # a GPU; the implementations compute the same function, tests/test_pallas.py).
-EXECUTION_FIELDS = ("implementation", "tick_unroll", "events_variant", "fuse_propagation")
+EXECUTION_FIELDS = ("implementation", "tick_unroll", "events_variant", "fuse_propagation",
+                    "propagation_backend")
 
 
 def without_execution_fields(fields: Mapping[str, Any]) -> dict:
@@ -224,6 +226,11 @@ class BrainConfig:
   # current_dtype does not apply) and is never written and read back. Exact, but measured
   # 1.4-1.7x slower than the two kernels on an H200 (docs/KERNELS.md): off by default.
   fuse_propagation: bool = False
+  # implementation="pallas", B > 1: which lowering runs the block-sparse propagation
+  # (`pallas.propagate.propagate`'s backend). "auto": the warp-specialised Mosaic GPU kernel
+  # on a Hopper GPU from 128 streams on (1.45x faster than Triton on an H200,
+  # docs/KERNELS.md session 20), else Triton. "mosaic_gpu" needs a Hopper GPU.
+  propagation_backend: Literal["auto", "triton", "mosaic_gpu"] = "auto"
 
   def __post_init__(self):
     names = [a.name for a in self.areas]
@@ -305,6 +312,9 @@ class BrainConfig:
                        f"when B = 1 on a GPU, else 1), got {self.tick_unroll!r}")
     if not isinstance(self.fuse_propagation, bool):
       raise ValueError(f"fuse_propagation must be True or False, got {self.fuse_propagation!r}")
+    if self.propagation_backend not in PROPAGATION_BACKENDS:
+      raise ValueError(f"propagation_backend must be one of {PROPAGATION_BACKENDS}, got "
+                       f"{self.propagation_backend!r}")
     if self.events_variant not in EVENTS_VARIANTS:
       raise ValueError(f"events_variant must be one of {EVENTS_VARIANTS}, got "
                        f"{self.events_variant!r}")

@@ -147,7 +147,8 @@ def neuron_tick(config: BrainConfig, st: NeuronState, spikes_in: Propagation,
   """
   if config.neuron_model == "izhikevich":
     prop_BxN = ops.propagate(*spikes_in, config.implementation,
-                             events_variant=config.events_variant, out_dtype=config.current_dtype)
+                             events_variant=config.events_variant, out_dtype=config.current_dtype,
+                             backend=config.propagation_backend)
     if isinstance(vec_6xN, PhaseRows):
       vec_6xN = vec_6xN.vec_6xN(st.v.shape[1])
     theta_N, mask_N, gain_N, read_N, learn_N, sign_N = vec_6xN
@@ -163,7 +164,8 @@ def neuron_tick(config: BrainConfig, st: NeuronState, spikes_in: Propagation,
                               signed_dtype=signed_dtype, n_groups=n_groups, write_s=write_s,
                               implementation=config.implementation,
                               fuse=config.fuse_propagation, events_variant=config.events_variant,
-                              out_dtype=config.current_dtype)
+                              out_dtype=config.current_dtype,
+                              backend=config.propagation_backend)
     if n_groups:
       outs, counts_BxG = outs[:-1], outs[-1]
     else:

@@ -43,9 +43,10 @@ def _check(implementation: str) -> None:
     raise ValueError(f"implementation must be 'xla' or 'pallas', got {implementation!r}")
 
 
-def _dense_propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, implementation, out_dtype):
+def _dense_propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, implementation, out_dtype, backend):
   if implementation == "pallas":
-    return pallas_propagate.propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, out_dtype=out_dtype)
+    return pallas_propagate.propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, out_dtype=out_dtype,
+                                      backend=backend)
   return propagate_reference(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK).astype(out_dtype)
 
 
@@ -53,7 +54,8 @@ def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain
               implementation: Implementation = "xla", *,
               fanout: tuple[jax.Array, jax.Array] | None = None,
               max_events: int | None = None, events_variant: str = "tiles",
-              partials: bool = False, out_dtype=jnp.float32) -> jax.Array:
+              partials: bool = False, out_dtype=jnp.float32,
+              backend: str = "auto") -> jax.Array:
   """Block-sparse spike propagation (see `propagate_reference`) -> [B, N] in `out_dtype`.
 
   A single stream (B == 1) goes event-driven, reading only the rows of spiking neurons:
@@ -67,6 +69,8 @@ def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain
   up as it reads them; every other path returns [B, N] as usual.
   out_dtype: float32 or bfloat16 (`BrainConfig.current_dtype`; the sums accumulate in
   float32 either way); the K partial sums stay float32.
+  backend: the Pallas dense kernel's lowering ("auto", "triton", "mosaic_gpu":
+  `pallas.propagate.propagate`, `BrainConfig.propagation_backend`).
   """
   _check(implementation)
   if spk_BxN.shape[0] == 1 and implementation == "pallas" and partials and (
@@ -77,7 +81,8 @@ def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain
     return propagate_events(spk_BxN[0], w_RxKxTxT, col_RxK, gain_RxK, implementation,
                             fanout=fanout, max_events=max_events,
                             events_variant=events_variant)[None].astype(out_dtype)
-  return _dense_propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, implementation, out_dtype)
+  return _dense_propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, implementation, out_dtype,
+                          backend)
 
 
 def propagate_events(spk_N: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array,
@@ -193,14 +198,16 @@ def propagate_tick(q_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array,
                    a_s: float, a_m: float, a_a: float, a_t: float, beta: float,
                    threshold: float, width: float, signed_dtype=jnp.bfloat16, n_groups: int = 0,
                    write_s: bool = True, implementation: Implementation = "xla",
-                   fuse: bool = True, events_variant: str = "tiles", out_dtype=jnp.float32):
+                   fuse: bool = True, events_variant: str = "tiles", out_dtype=jnp.float32,
+                   backend: str = "auto"):
   """A whole ALIF tick from the previous tick's signed spikes q: `propagate` then
   `alif_tick` -> alif_tick's results.
 
   With "pallas", fuse=True and B a multiple of 16 streams, one kernel does both
   (`neuron_update.propagate_tick`: the current is summed and used in float32 registers, so
   out_dtype does not apply). Otherwise the two ops, the propagation's current in out_dtype
-  (B = 1 on Pallas: the event kernel's K partial sums, which the tick adds up).
+  (B = 1 on Pallas: the event kernel's K partial sums, which the tick adds up; B > 1: the
+  dense kernel in `backend`'s lowering).
   """
   _check(implementation)
   kw = dict(a_s=a_s, a_m=a_m, a_a=a_a, a_t=a_t, beta=beta, threshold=threshold, width=width,
@@ -211,5 +218,6 @@ def propagate_tick(q_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array,
   if implementation == "pallas" and fuse and pallas_neuron.fused_block_b(b):
     return pallas_neuron.propagate_tick(q_BxN, w_RxKxTxT, col_RxK, gain_RxK, *tick_args, **kw)
   prop_BxN = propagate(q_BxN, w_RxKxTxT, col_RxK, gain_RxK, implementation,
-                       events_variant=events_variant, partials=True, out_dtype=out_dtype)
+                       events_variant=events_variant, partials=True, out_dtype=out_dtype,
+                       backend=backend)
   return alif_tick(*tick_args[:4], prop_BxN, *tick_args[4:], **kw, implementation=implementation)

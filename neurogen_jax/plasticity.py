@@ -251,7 +251,8 @@ def _back_through_tiles(config: BrainConfig, params, delta_BxN: jax.Array) -> ja
 
   def current(pre_BxN):
     return ops.propagate(pre_BxN * sign_N, params.tiles, params.conn.col_RxK, gain_RxK,
-                         config.implementation, events_variant=config.events_variant)
+                         config.implementation, events_variant=config.events_variant,
+                         backend=config.propagation_backend)
 
   _, vjp = jax.vjp(current, jnp.zeros(delta_BxN.shape, params.tiles.dtype))
   return vjp(delta_BxN.astype(jnp.float32))[0].astype(jnp.float32)

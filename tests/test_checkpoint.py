@@ -362,7 +362,8 @@ def test_implementation_auto_and_resume_across_implementations(monkeypatch):
                                   "batch_size": 4}))
   saved = signature(implementation="xla")
   assert train_lib.signature_differences(
-      saved, signature(implementation="pallas", tick_unroll=5, fuse_propagation=True)) == []
+      saved, signature(implementation="pallas", tick_unroll=5, fuse_propagation=True,
+                       propagation_backend="mosaic_gpu")) == []
   assert train_lib.signature_differences(saved, signature(state_dtype="bfloat16")) == [
       "brain_config.state_dtype: checkpoint 'float32', now 'bfloat16'"]
   # A checkpoint from before a field existed: the field counts at its default.

@@ -194,6 +194,8 @@ def test_propagate_tick_refuses_bad_arguments():
     neuron_update.propagate_tick(case[0][:, :T], *case[1:], **kw)
   with pytest.raises(ValueError, match="fuse_propagation must be True or False"):
     tiny_config(fuse_propagation="yes")
+  with pytest.raises(ValueError, match="propagation_backend must be one of"):
+    tiny_config(propagation_backend="cuda")
 
 
 @pytest.mark.parametrize("b_group", [1, 2, 3])

@@ -126,12 +126,80 @@ def test_propagate_bfloat16_current_is_the_rounded_float32_sum(interpret):
     propagate.propagate(spk, w, col, gain, out_dtype=jnp.float16, interpret=interpret)
 
 
-def test_propagate_mosaic_gpu_matches_reference(interpret):
-  t, k, b = (64, 3, 70) if interpret else (128, 8, 70)  # B = 70: two 64-row batch tiles
+@pytest.mark.parametrize("out_dtype", ["float32", "bfloat16"])
+def test_propagate_mosaic_gpu_matches_reference(interpret, out_dtype):
+  if not interpret and not propagate._is_hopper():
+    pytest.skip("the mosaic_gpu propagation is Hopper-only (wgmma)")
+  # B = 200: two 128-row batch tiles, the second part padding; 4 programs in interpret mode
+  # walk 8 output tiles (two each), the persistent loop's second pass included.
+  t, k, b = (64, 3, 200) if interpret else (128, 8, 300)
   col, w, gain = layout(40, t, k)
+  gain = gain.at[:, -1].set(gain[:, 0])  # a run of equal gains along k, then changes
   spk = spikes(41, (b, NUM_BLOCKS * t), 0.3)
-  out = propagate.propagate(spk, w, col, gain, backend="mosaic_gpu", interpret=interpret)
-  assert_close(out, propagate.propagate_reference(spk, w, col, gain), "float32", k * t)
+  out = propagate.propagate(spk, w, col, gain, backend="mosaic_gpu", out_dtype=out_dtype,
+                            interpret=interpret)
+  assert out.dtype == jnp.dtype(out_dtype)
+  ref = propagate.propagate_reference(spk, w, col, gain)
+  if out_dtype == "float32":
+    assert_close(out, ref, "float32", k * t)
+  else:  # the float32 sum rounded once: within one bfloat16 rounding
+    assert_close(out, ref, "bfloat16", 1, factor=1.0)
+  # The same function as the Triton kernel, gradients included (the shared custom_vjp).
+  tri = propagate.propagate(spk, w, col, gain, backend="triton", out_dtype=out_dtype,
+                            interpret=interpret)
+  assert_close(out, tri, "float32" if out_dtype == "float32" else "bfloat16", k * t)
+  g_w = jax.grad(lambda ww: jnp.sum(propagate.propagate(
+      spk, ww, col, gain, backend="mosaic_gpu", interpret=interpret).astype(jnp.float32)))(w)
+  g_ref = jax.grad(lambda ww: jnp.sum(propagate.propagate_reference(spk, ww, col, gain)))(w)
+  assert_close(g_w, g_ref, "bfloat16", 1)
+
+
+def test_propagate_backend_choice_and_refusals(monkeypatch):
+  col, w, gain = layout(42, 128, 2)
+  w64 = layout(42, 64, 2)[1]
+  # Off Hopper (and in interpret mode, always) "auto" is Triton.
+  assert propagate.choose_backend(256, w) == ("mosaic_gpu" if propagate._is_hopper() else "triton")
+  assert propagate.choose_backend(256, w, interpret=True) == "triton"
+  monkeypatch.setattr(propagate, "_is_hopper", lambda: True)
+  assert propagate.choose_backend(propagate.MOSAIC_MIN_B, w) == "mosaic_gpu"
+  assert propagate.choose_backend(propagate.MOSAIC_MIN_B, w64) == "mosaic_gpu"
+  assert propagate.choose_backend(propagate.MOSAIC_MIN_B - 1, w) == "triton"  # mostly padding
+  assert propagate.choose_backend(256, w.astype(jnp.float32)) == "triton"  # wgmma: 16-bit only
+  assert propagate.choose_backend(256, layout(42, 32, 2)[1]) == "triton"   # rows < 128 bytes
+  spk = spikes(43, (4, NUM_BLOCKS * 128), 0.3)
+  with pytest.raises(ValueError, match="mosaic_gpu backend takes tiles of"):
+    propagate.propagate(spk, w.astype(jnp.float32), col, gain, backend="mosaic_gpu")
+  with pytest.raises(ValueError, match="128-row batch tiles"):
+    propagate.propagate(spk, w, col, gain, backend="mosaic_gpu", block_b=64, interpret=True)
+  with pytest.raises(ValueError, match="backend must be one of"):
+    propagate.propagate(spk, w, col, gain, backend="cuda")
+
+
+@pytest.mark.gpu
+def test_brain_with_mosaic_gpu_propagation_matches_triton():
+  """A brain of 64-neuron tiles at B = 128 on Pallas: the Mosaic GPU propagation gives the
+  Triton one's states, logits and rates (within float32 rounding of the current, which
+  spike thresholds can amplify in a few neurons)."""
+  if not propagate._is_hopper():
+    pytest.skip("the mosaic_gpu propagation is Hopper-only (wgmma)")
+  base = tiny_config(implementation="pallas", tile=64, propagation_backend="triton")
+  runs = []
+  for backend in ("triton", "mosaic_gpu"):
+    cfg = base.replace(propagation_backend=backend)
+    params, state = brain.init(cfg, jax.random.PRNGKey(0), 128)
+    toks = jax.random.randint(jax.random.PRNGKey(1), (3, 128), 0, cfg.vocab_size)
+    rates = []
+    for tok_B in toks:
+      state, logits, aux = brain.cognitive_step(params, state, tok_B, cfg)
+      rates.append(np.asarray(aux.rates_PxA))
+    runs.append((state, logits, np.mean(rates, axis=(0, 1))))
+  (s_t, l_t, r_t), (s_m, l_m, r_m) = runs
+  assert np.all(r_t > 0.002)
+  np.testing.assert_allclose(r_m, r_t, rtol=0.02)
+  np.testing.assert_allclose(np.asarray(l_m), np.asarray(l_t), rtol=2e-2, atol=2e-2)
+  for g, w in zip(jax.tree.leaves(s_m), jax.tree.leaves(s_t), strict=True):
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32),
+                               rtol=2e-2, atol=2e-2)
 
 
 def test_propagate_grads_match_reference(interpret):

@@ -13,9 +13,11 @@ they share the weight tile through L2 (`tile_order` groups them otherwise). Two 
 - "triton" (`_kernel`, the default): dynamic-slice loads of the spike block from the
   whole spike array, `jnp.dot`; batch tiles of 16-64 rows; int8 spikes are converted in
   the kernel.
-- "mosaic_gpu" (`_mosaic_kernel`): a TMA pipeline over k (`emit_pipeline`, whose index
-  map reads col[r, k] in the kernel) feeding wgmma; batch tiles of 64 or 128 rows.
-docs/KERNELS.md has the measured times of both.
+- "mosaic_gpu" (`_mosaic_kernel`, Hopper): persistent and warp-specialised: a memory
+  warpgroup feeds a TMA ring over k (its index map reads col[r, k] in the kernel) while
+  two compute warpgroups run wgmma on 64 rows each of a 128-row batch tile, sharing each
+  weight tile. 1.45x faster than Triton on an H200 at B = 256 and 2,048 (docs/KERNELS.md,
+  session 20), so "auto" (`choose_backend`) takes it on Hopper from MOSAIC_MIN_B streams.
 """
 
 from __future__ import annotations
@@ -34,9 +36,20 @@ from neurogen_jax.pallas.plasticity import mixed_operand
 
 # Triton's tensor-core dot needs at least 16 rows; the batch is padded up to this.
 MIN_BLOCK_B = 16
-# One Hopper warpgroup MMA covers 64 rows.
-MOSAIC_BLOCK_B = 64
-BACKENDS = ("triton", "mosaic_gpu")
+# Mosaic GPU: one Hopper warpgroup MMA covers 64 rows; two compute warpgroups share each
+# weight tile, so a program's batch tile is 128 rows; a ring of 3 (spike block, weight
+# tile) stages (3 x 64 KB of shared memory with 128-neuron tiles).
+MOSAIC_WG_ROWS = 64
+MOSAIC_BLOCK_B = 2 * MOSAIC_WG_ROWS
+MOSAIC_STEPS = 3
+# Tile sizes the Mosaic GPU kernel takes (the swizzled TMA layout needs rows of >= 128
+# bytes; 256-neuron tiles would not fit the ring in shared memory).
+MOSAIC_TILES = (64, 128)
+MOSAIC_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+BACKENDS = ("auto", "triton", "mosaic_gpu")
+# "auto" takes the Mosaic GPU kernel from this many streams on (a Hopper GPU, bfloat16 or
+# float16 tiles of 64 or 128 neurons); below, its 128-row batch tile would be mostly padding.
+MOSAIC_MIN_B = 128
 # Dtypes of the propagated current (accumulated in float32 either way).
 CURRENT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
@@ -101,41 +114,72 @@ def _kernel(col_ref, gain_ref, spk_ref, w_ref, out_ref, *, block_b: int, order):
                                block_b=block_b).astype(out_ref.dtype)
 
 
-def _mosaic_kernel(col_gmem, gain_gmem, spk_gmem, w_gmem, out_gmem, *, block_b: int,
-                   k_slots: int, tile: int, transforms, out_transforms):
-  """Mosaic GPU body for one (batch tile, post block r); w_gmem is [R*K*T, T]."""
-  b, r = jax.lax.axis_index("b"), jax.lax.axis_index("r")
+def _mosaic_kernel(col_gmem, gain_gmem, spk_gmem, w_gmem, out_gmem, *, n_b: int, k_slots: int,
+                   tile: int, steps: int, in_transforms, out_transforms, epi_n: int):
+  """Mosaic GPU body: one persistent program per SM, three warpgroups. The memory
+  warpgroup streams a post block's K (spike block, weight tile) pairs into a `steps`-deep
+  shared-memory ring by TMA (the spike block's column read from col in its index map);
+  the two compute warpgroups each multiply their 64 rows of the 128-row spike block with
+  the shared weight tile (wgmma, float32 accumulator) and add the product times gain[r, k]
+  to a register sum, as `block_current` does. Output tiles (batch tile, post block r) are
+  walked with the batch tile fastest, so a post block's weights are reused from L2."""
+  wg_rows = MOSAIC_WG_ROWS
+  cta_rows = 2 * wg_rows
 
-  def body(idxs, spk_smem, w_smem, acc):
-    (k,) = idxs
+  def pipeline(body, context, r):
+    return plmgpu.emit_pipeline_warp_specialized(
+        body, grid=(k_slots,), memory_registers=40,
+        in_specs=[
+            plmgpu.BlockSpec((cta_rows, tile), lambda k: (0, col_gmem[r, k]),
+                             transforms=in_transforms, memory_space=plmgpu.SMEM),
+            plmgpu.BlockSpec((tile, tile), lambda k: (r * k_slots + k, 0),
+                             transforms=in_transforms, memory_space=plmgpu.SMEM),
+        ],
+        wg_axis="wg", num_compute_wgs=2, max_concurrent_steps=steps, compute_context=context)
 
-    def tile_product(acc_ref):
-      plmgpu.wgmma(acc_ref, spk_smem, w_smem)
-      plmgpu.wgmma_wait(0)
-      return acc_ref[...]
+  ignore = lambda *_, **__: None
 
-    part = pl.run_scoped(tile_product, plmgpu.ACC((block_b, tile), jnp.float32))
-    return acc + part * gain_gmem[r, k]
+  @functools.partial(
+      pl.run_scoped,
+      allocations=pipeline(ignore, ignore, 0).get_allocations(spk_gmem, w_gmem),
+      out_smem=plmgpu.SMEM((2, wg_rows, epi_n), out_gmem.dtype, transforms=out_transforms),
+      collective_axes="wg")
+  def _scope(allocations, out_smem):
+    wg = jax.lax.axis_index("wg")
 
-  acc = plmgpu.emit_pipeline(
-      body,
-      grid=(k_slots,),
-      in_specs=[
-          plmgpu.BlockSpec((block_b, tile), lambda k: (b, col_gmem[r, k]), transforms=transforms),
-          plmgpu.BlockSpec((tile, tile), lambda k: (r * k_slots + k, 0), transforms=transforms),
-      ],
-      max_concurrent_steps=2,
-      init_carry=plmgpu.layout_cast(jnp.zeros((block_b, tile), jnp.float32), plmgpu.Layout.WGMMA),
-  )(spk_gmem, w_gmem)
+    @plmgpu.nd_loop((n_b * (out_gmem.shape[1] // tile),), collective_axes="sm")
+    def _tiles(info):
+      (lin,) = info.index
+      b, r = lin % n_b, lin // n_b
 
-  @functools.partial(pl.run_scoped,
-                     out_smem=plmgpu.SMEM((block_b, tile), jnp.float32, transforms=out_transforms))
-  def _store(out_smem):
-    out_smem[...] = acc
-    plmgpu.commit_smem()
-    out_block = out_gmem.at[pl.ds(b * block_b, block_b), pl.ds(r * tile, tile)]
-    plmgpu.copy_smem_to_gmem(out_smem, out_block)
-    plmgpu.wait_smem_to_gmem(0)
+      def context(run_pipeline):
+        zero = plmgpu.layout_cast(jnp.zeros((wg_rows, tile), jnp.float32), plmgpu.Layout.WGMMA)
+        cur = run_pipeline(zero)
+        plmgpu.wait_smem_to_gmem(0, wait_read_only=True)
+        for e in range(tile // epi_n):
+          out_smem[wg] = cur[:, e * epi_n:(e + 1) * epi_n].astype(out_gmem.dtype)
+          plmgpu.commit_smem()
+          plmgpu.copy_smem_to_gmem(
+              out_smem.at[wg],
+              out_gmem.at[pl.ds(b * cta_rows + wg * wg_rows, wg_rows),
+                          pl.ds(r * tile + e * epi_n, epi_n)])
+          plmgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+      def body(idxs, spk_smem, w_smem, cur):
+        (k,) = idxs
+
+        def tile_product(acc_ref):
+          plmgpu.wgmma(acc_ref, spk_smem.at[pl.ds(wg * wg_rows, wg_rows)], w_smem)
+          plmgpu.wgmma_wait(0)
+          return acc_ref[...]
+
+        part = pl.run_scoped(tile_product, plmgpu.ACC((wg_rows, tile), jnp.float32))
+        return cur + part * gain_gmem[r, k]
+
+      pipeline(body, context, r)(spk_gmem.at[pl.ds(b * cta_rows, cta_rows), :], w_gmem,
+                                 allocations=allocations)
+
+  plmgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
 def _swizzled(minor_bytes: int, itemsize: int):
@@ -143,19 +187,27 @@ def _swizzled(minor_bytes: int, itemsize: int):
   return (plmgpu.TilingTransform((8, swizzle // itemsize)), plmgpu.SwizzleTransform(swizzle))
 
 
-def _propagate_mosaic(spk, w_RxKxTxT, col_RxK, gain_RxK, block_b, interpret):
-  """Launch `_mosaic_kernel`; spk is already cast and padded to a multiple of block_b rows."""
+def _propagate_mosaic(spk, w_RxKxTxT, col_RxK, gain_RxK, out_dtype, interpret):
+  """Launch `_mosaic_kernel`; spk is already cast and padded to a multiple of
+  MOSAIC_BLOCK_B rows."""
   b_pad, n = spk.shape
   r, k_slots, t, _ = w_RxKxTxT.shape
   itemsize = jnp.dtype(w_RxKxTxT.dtype).itemsize
+  epi_n = min(64, t)
+  out_itemsize = jnp.dtype(out_dtype).itemsize
+  # One SM per program on the GPU; a few programs in interpret mode (the loop is the same).
+  n_programs = 4 if interpret else jax.devices()[0].core_count
   kernel = functools.partial(
-      _mosaic_kernel, block_b=block_b, k_slots=k_slots, tile=t,
-      transforms=_swizzled(t * itemsize, itemsize), out_transforms=_swizzled(t * 4, 4))
+      _mosaic_kernel, n_b=b_pad // MOSAIC_BLOCK_B, k_slots=k_slots, tile=t,
+      steps=MOSAIC_STEPS, in_transforms=_swizzled(t * itemsize, itemsize),
+      out_transforms=_swizzled(epi_n * out_itemsize, out_itemsize), epi_n=epi_n)
   return plmgpu.kernel(
       kernel,
-      out_type=jax.ShapeDtypeStruct((b_pad, n), jnp.float32),
-      grid=(b_pad // block_b, r),
-      grid_names=("b", "r"),
+      out_type=jax.ShapeDtypeStruct((b_pad, n), out_dtype),
+      grid=(n_programs,),
+      grid_names=("sm",),
+      num_threads=3,
+      thread_name="wg",
       compiler_params=plmgpu.CompilerParams(
           lowering_semantics=plmgpu.LoweringSemantics.Warpgroup),
       interpret=plmgpu.InterpretGPUParams() if interpret else False,
@@ -163,12 +215,28 @@ def _propagate_mosaic(spk, w_RxKxTxT, col_RxK, gain_RxK, block_b, interpret):
     w_RxKxTxT.reshape(r * k_slots * t, t))
 
 
+def _is_hopper() -> bool:
+  device = jax.devices()[0]
+  return device.platform == "gpu" and str(getattr(device, "compute_capability", "")).startswith("9.")
+
+
+def choose_backend(b: int, w_RxKxTxT: jax.Array, interpret: bool = False) -> str:
+  """The lowering "auto" stands for: "mosaic_gpu" on a Hopper GPU (compiled) for B >=
+  MOSAIC_MIN_B streams with tiles it takes (MOSAIC_TILES, MOSAIC_DTYPES), else "triton"."""
+  t = w_RxKxTxT.shape[-1]
+  if (not interpret and b >= MOSAIC_MIN_B and t in MOSAIC_TILES
+      and jnp.dtype(w_RxKxTxT.dtype) in MOSAIC_DTYPES and _is_hopper()):
+    return "mosaic_gpu"
+  return "triton"
+
+
 def _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype,
                       interpret, b_group=None):
   if backend == "mosaic_gpu":
     block_b = block_b or MOSAIC_BLOCK_B
-    if block_b % MOSAIC_BLOCK_B:
-      raise ValueError(f"mosaic_gpu needs block_b a multiple of {MOSAIC_BLOCK_B}, got {block_b}")
+    if block_b != MOSAIC_BLOCK_B:
+      raise ValueError(f"mosaic_gpu runs {MOSAIC_BLOCK_B}-row batch tiles (two warpgroups of "
+                       f"{MOSAIC_WG_ROWS}); got block_b={block_b}. Leave block_b unset.")
   b, n = spk_BxN.shape
   r, k_slots, t, _ = w_RxKxTxT.shape
   b_pad, block_b = batch_blocking(b, block_b)
@@ -179,8 +247,7 @@ def _propagate_pallas(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, o
   if b_pad != b:
     spk = jnp.pad(spk, ((0, b_pad - b), (0, 0)))
   if backend == "mosaic_gpu":
-    out = _propagate_mosaic(spk, w_RxKxTxT, col_RxK, gain_RxK, block_b, interpret)[:b]
-    return out.astype(out_dtype)
+    return _propagate_mosaic(spk, w_RxKxTxT, col_RxK, gain_RxK, out_dtype, interpret)[:b]
   full = pl.BlockSpec()  # the whole array
   n_b = b_pad // block_b
   group = n_b if b_group is None else math.gcd(n_b, b_group)
@@ -238,7 +305,7 @@ _propagate.defvjp(_propagate_fwd, _propagate_bwd)
 
 
 def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain_RxK: jax.Array,
-              *, block_b: int | None = None, backend: str = "triton", out_dtype=jnp.float32,
+              *, block_b: int | None = None, backend: str = "auto", out_dtype=jnp.float32,
               b_group: int | None = None, interpret: bool = False) -> jax.Array:
   """Pallas block-sparse propagation, the same function as `propagate_reference`.
 
@@ -246,12 +313,12 @@ def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain
     int8 is the fastest at large B).
   w_RxKxTxT: tile magnitudes (bf16); col_RxK: int pre block of each tile; gain_RxK: f32.
   block_b: batch rows per program (triton: power of two >= 16, default min(64, pow2(B));
-    mosaic_gpu: 64 or 128, default 64).
-  backend: "triton" or "mosaic_gpu" (Hopper wgmma + TMA; see docs/KERNELS.md for which is
-    faster).
+    mosaic_gpu: MOSAIC_BLOCK_B = 128 only).
+  backend: "auto" (default: `choose_backend`), "triton" or "mosaic_gpu" (Hopper only:
+    warp-specialised wgmma + TMA, bfloat16/float16 tiles of 64 or 128 neurons; see
+    docs/KERNELS.md for the measured times).
   out_dtype: float32 (default) or bfloat16: the sums accumulate in float32 either way;
-    bfloat16 halves the bytes the Triton kernel writes and the neuron tick reads (the
-    Mosaic GPU kernel writes float32 and is cast afterwards, one more pass).
+    bfloat16 halves the bytes the kernel writes and the neuron tick reads.
   b_group: the Triton kernel's launch order (`tile_order`): programs run in groups of this
     many batch tiles (None = all of them: every batch tile of a post block, then the next
     post block). The result is the same; the L2 reuse of weights and spikes is not (on an
@@ -270,5 +337,12 @@ def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain
     raise ValueError(f"propagate: out_dtype must be float32 or bfloat16, got {out_dtype}")
   if b_group is not None and b_group < 1:
     raise ValueError(f"propagate: b_group must be a positive number of batch tiles, got {b_group}")
+  if backend == "auto":
+    backend = choose_backend(b, w_RxKxTxT, interpret)
+  if backend == "mosaic_gpu" and (t not in MOSAIC_TILES
+                                  or jnp.dtype(w_RxKxTxT.dtype) not in MOSAIC_DTYPES):
+    raise ValueError(f"propagate: the mosaic_gpu backend takes tiles of {MOSAIC_TILES} neurons "
+                     f"in bfloat16 or float16, got T = {t} in {w_RxKxTxT.dtype}; use "
+                     f"backend='triton' (or 'auto').")
   return _propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype, b_group,
                     interpret)
