@@ -169,6 +169,9 @@ def test_propagate_backend_choice_and_refusals(monkeypatch):
   spk = spikes(43, (4, NUM_BLOCKS * 128), 0.3)
   with pytest.raises(ValueError, match="mosaic_gpu backend takes tiles of"):
     propagate.propagate(spk, w.astype(jnp.float32), col, gain, backend="mosaic_gpu")
+  monkeypatch.setattr(propagate, "_is_hopper", lambda: False)
+  with pytest.raises(ValueError, match="needs a Hopper GPU"):
+    propagate.propagate(spk, w, col, gain, backend="mosaic_gpu")
   with pytest.raises(ValueError, match="128-row batch tiles"):
     propagate.propagate(spk, w, col, gain, backend="mosaic_gpu", block_b=64, interpret=True)
   with pytest.raises(ValueError, match="backend must be one of"):

@@ -344,5 +344,9 @@ def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain
     raise ValueError(f"propagate: the mosaic_gpu backend takes tiles of {MOSAIC_TILES} neurons "
                      f"in bfloat16 or float16, got T = {t} in {w_RxKxTxT.dtype}; use "
                      f"backend='triton' (or 'auto').")
+  if backend == "mosaic_gpu" and not interpret and not _is_hopper():
+    raise ValueError(f"propagate: the mosaic_gpu backend needs a Hopper GPU (wgmma; compute "
+                     f"capability 9.x), this is {jax.devices()[0].device_kind}; use "
+                     f"backend='triton' or 'auto' (BrainConfig.propagation_backend).")
   return _propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype, b_group,
                     interpret)
