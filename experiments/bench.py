@@ -284,7 +284,7 @@ def main(argv):
           f"{base.readout_matmul_dtype}, read areas {','.join(base.readout_areas)}", flush=True)
     for learn in [s == "on" for s in FLAGS.learning.split(",")]:
       for b in batches:
-        done = set()  # (scan unroll, event kernel, dtype) already measured for this point
+        done = set()  # (scan unroll, event kernel, dtype, fused, lowering) already measured
         for unroll, variant, dtype, fuse, backend in itertools.product(
             unrolls, variants, ["float32"] if learn else dtypes, fuses, backends):
           config = base.replace(tick_unroll=unroll, events_variant=variant,
