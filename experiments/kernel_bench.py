@@ -160,14 +160,16 @@ def main(argv):
         variants.append(("triton", 128))
       if batch >= 32:
         variants.append(("triton", 32))
-      if propagate._is_hopper() or _INTERPRET.value:  # wgmma: Hopper only (any B: padded to 128 rows)
+      # Both lowerings: Mosaic GPU (wgmma) on Hopper only; any B, padded to 128 rows.
+      lowerings = ["triton", "mosaic_gpu"] if propagate._is_hopper() or _INTERPRET.value else [
+          "triton"]
+      if "mosaic_gpu" in lowerings:
         variants.append(("mosaic_gpu", None))
       for backend, block_b in variants:
         fn = jax.jit(functools.partial(propagate.propagate, backend=backend, block_b=block_b, **interp))
         impl = f"pallas-{backend}" + (f"-b{block_b}" if block_b else "")
         measure(rows, "propagate", batch, impl, fn, (spk, w, col, gain), ref, fl, iters)
-      for backend in ["triton"] + (["mosaic_gpu"] if propagate._is_hopper() or _INTERPRET.value
-                                    else []):
+      for backend in lowerings:
         fn = jax.jit(functools.partial(propagate.propagate, out_dtype=jnp.bfloat16,
                                        backend=backend, **interp))
         measure(rows, "propagate", batch, f"pallas-{backend}-bf16out", fn, (spk, w, col, gain),

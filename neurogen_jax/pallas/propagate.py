@@ -220,12 +220,23 @@ def _is_hopper() -> bool:
   return device.platform == "gpu" and str(getattr(device, "compute_capability", "")).startswith("9.")
 
 
+def _mosaic_unfit(w_RxKxTxT: jax.Array, interpret: bool) -> str:
+  """Why the Mosaic GPU kernel cannot run these tiles here ("" if it can): it takes
+  MOSAIC_TILES-neuron tiles in MOSAIC_DTYPES, compiled on a Hopper GPU only."""
+  t, dtype = w_RxKxTxT.shape[-1], jnp.dtype(w_RxKxTxT.dtype)
+  if t not in MOSAIC_TILES or dtype not in MOSAIC_DTYPES:
+    return (f"the mosaic_gpu backend takes tiles of {MOSAIC_TILES} neurons in bfloat16 or "
+            f"float16, got T = {t} in {dtype}")
+  if not interpret and not _is_hopper():
+    return (f"the mosaic_gpu backend needs a Hopper GPU (wgmma; compute capability 9.x), "
+            f"this is {jax.devices()[0].device_kind}")
+  return ""
+
+
 def choose_backend(b: int, w_RxKxTxT: jax.Array, interpret: bool = False) -> str:
   """The lowering "auto" stands for: "mosaic_gpu" on a Hopper GPU (compiled) for B >=
-  MOSAIC_MIN_B streams with tiles it takes (MOSAIC_TILES, MOSAIC_DTYPES), else "triton"."""
-  t = w_RxKxTxT.shape[-1]
-  if (not interpret and b >= MOSAIC_MIN_B and t in MOSAIC_TILES
-      and jnp.dtype(w_RxKxTxT.dtype) in MOSAIC_DTYPES and _is_hopper()):
+  MOSAIC_MIN_B streams with tiles it takes (`_mosaic_unfit`), else "triton"."""
+  if not interpret and b >= MOSAIC_MIN_B and not _mosaic_unfit(w_RxKxTxT, interpret):
     return "mosaic_gpu"
   return "triton"
 
@@ -339,14 +350,8 @@ def propagate(spk_BxN: jax.Array, w_RxKxTxT: jax.Array, col_RxK: jax.Array, gain
     raise ValueError(f"propagate: b_group must be a positive number of batch tiles, got {b_group}")
   if backend == "auto":
     backend = choose_backend(b, w_RxKxTxT, interpret)
-  if backend == "mosaic_gpu" and (t not in MOSAIC_TILES
-                                  or jnp.dtype(w_RxKxTxT.dtype) not in MOSAIC_DTYPES):
-    raise ValueError(f"propagate: the mosaic_gpu backend takes tiles of {MOSAIC_TILES} neurons "
-                     f"in bfloat16 or float16, got T = {t} in {w_RxKxTxT.dtype}; use "
-                     f"backend='triton' (or 'auto').")
-  if backend == "mosaic_gpu" and not interpret and not _is_hopper():
-    raise ValueError(f"propagate: the mosaic_gpu backend needs a Hopper GPU (wgmma; compute "
-                     f"capability 9.x), this is {jax.devices()[0].device_kind}; use "
-                     f"backend='triton' or 'auto' (BrainConfig.propagation_backend).")
+  if backend == "mosaic_gpu" and (why := _mosaic_unfit(w_RxKxTxT, interpret)):
+    raise ValueError(f"propagate: {why}; use backend='triton' or 'auto' "
+                     f"(BrainConfig.propagation_backend).")
   return _propagate(spk_BxN, w_RxKxTxT, col_RxK, gain_RxK, block_b, backend, out_dtype, b_group,
                     interpret)
