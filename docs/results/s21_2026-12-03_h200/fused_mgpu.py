@@ -18,7 +18,7 @@ updates them in float32 registers and stores them back in place by TMA. The curr
 never written to memory, and while one program streams its state the others' tensor
 cores run: the two kernels' work overlaps across the SMs.
 
-Scope (`unfit` says why not): bfloat16 state and sums, bfloat16 tiles of 64 or 128
+Scope (the wrapper does not check it; the dispatch was never wired): bfloat16 state and sums, bfloat16 tiles of 64 or 128
 neurons and bfloat16 signed spikes (the lean training configuration), B a multiple of
 128 streams, rows laid out by `neuron_update.tick_rows(fused_tile=T)`, s not written
 (write_s=False). The drive is loaded only by blocks whose gain is non-zero in this phase
@@ -53,28 +53,10 @@ STATE_DTYPE = jnp.dtype(jnp.bfloat16)
 _STATE = ("v", "i", "a", "tr", "post", "spikes")
 
 
-def unfit(b: int, w_RxKxTxT, state_dtype, sums_dtype, signed_dtype, drive_dtype,
-          write_s: bool, collect: bool, interpret: bool) -> str:
-  """Why this kernel cannot run the tick ("" if it can)."""
-  if why := propagate._mosaic_unfit(w_RxKxTxT, interpret):
-    return why
-  if b % BLOCK_B:
-    return f"it runs batch tiles of {BLOCK_B} streams, B = {b} is not a multiple"
-  if jnp.dtype(w_RxKxTxT.dtype) != STATE_DTYPE or jnp.dtype(signed_dtype) != STATE_DTYPE:
-    return "it takes bfloat16 tiles and bfloat16 signed spikes"
-  if jnp.dtype(state_dtype) != STATE_DTYPE or (collect and jnp.dtype(sums_dtype) != STATE_DTYPE):
-    return "it takes bfloat16 state and per-token sums (state_dtype='bfloat16')"
-  if jnp.dtype(drive_dtype) not in (STATE_DTYPE, jnp.dtype(jnp.float32)):
-    return "it takes a bfloat16 or float32 drive"
-  if write_s or not collect:
-    return "it runs the brain's tick (write_s=False, with the e-prop and spike sums)"
-  return ""
-
-
 def _swizzle(cols: int, dtype):
+  """The TMA tiling and swizzle of rows of `cols` values (the propagation kernel's)."""
   itemsize = jnp.dtype(dtype).itemsize
-  swizzle = plmgpu.find_swizzle(cols * itemsize * 8)
-  return (plmgpu.TilingTransform((8, swizzle // itemsize)), plmgpu.SwizzleTransform(swizzle))
+  return propagate._swizzled(cols * itemsize, itemsize)
 
 
 def _kernel(col_gmem, gain_gmem, spk_gmem, w_gmem, drive_gmem, gate_gmem, vec_gmem, flags_gmem,
@@ -247,10 +229,6 @@ def _kernel(col_gmem, gain_gmem, spk_gmem, w_gmem, drive_gmem, gate_gmem, vec_gm
   plmgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
-def _interpret_params():
-  return plmgpu.InterpretGPUParams()
-
-
 def propagate_tick(q_BxN, w_RxKxTxT, col_RxK, gain_RxK, v_BxN, i_BxN, a_BxN, tr_BxN, drive_BxN,
                    gate_B, rows, read_BxN, post_BxN, spikes_BxN, *, constants, n_groups: int,
                    interpret: bool = False, chunk: int = CHUNK, nbuf: int = NBUF,
@@ -276,7 +254,7 @@ def propagate_tick(q_BxN, w_RxKxTxT, col_RxK, gain_RxK, v_BxN, i_BxN, a_BxN, tr_
       thread_name="wg",
       compiler_params=plmgpu.CompilerParams(
           lowering_semantics=plmgpu.LoweringSemantics.Warpgroup),
-      interpret=_interpret_params() if interpret else False,
+      interpret=plmgpu.InterpretGPUParams() if interpret else False,
   )
   ins = (col_RxK.astype(jnp.int32), gain_RxK.astype(jnp.float32), q_BxN.astype(STATE_DTYPE),
          w_RxKxTxT.reshape(r * k_slots * t, t), drive_BxN, gate_B.astype(jnp.float32), vec_PxRxN,

@@ -3,7 +3,7 @@ brain runs (the Mosaic GPU propagation with a bfloat16 current, then the Triton 
 H200: one tick from the same inputs compared value by value (phase 0 driven, phase 3 read),
 then 10-tick scans timed by the wall clock over chained calls (experiments.timing, chain).
 Run from the repository root: VARIANTS=chunk/nbuf/steps,... G=groups python3 <this> 2048,256"""
-import json, os, sys, time, functools
+import json, os, sys
 import jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, '.')
 from neurogen_jax.pallas import neuron_update, propagate
@@ -66,12 +66,12 @@ def tick_pair(prop_in, st, rows, ph, group):
 
 def run(B, ticks=10):
   prop_in, st, rows, group = inputs(B)
-  res = {"B": B}
+  res = {"B": B}  # the value comparison below runs the first of VARIANTS
   c_, n_, s_ = map(int, os.environ.get("VARIANTS", "32/1/2").split(",")[0].split("/"))
   VARIANT.update(chunk=c_, nbuf=n_, steps=s_)
   # correctness: one tick from the same inputs, two phases (driven, reading)
   for ph in (0, 3):
-    f = jax.jit(tick_fused, static_argnums=())(prop_in, st, rows, ph)
+    f = jax.jit(tick_fused)(prop_in, st, rows, ph)
     p = jax.jit(tick_pair)(prop_in, st, rows, ph, group)
     names = "v i a tr s q read post spk counts".split()
     for n_, x, y in zip(names, f, p):
