@@ -31,7 +31,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plmgpu
 from jax.experimental.pallas import triton as plgpu
 
-from neurogen_jax.pallas import plasticity
+from neurogen_jax.pallas import mosaic, plasticity
+from neurogen_jax.pallas.mosaic import is_hopper as _is_hopper
 from neurogen_jax.pallas.plasticity import mixed_operand
 
 # Triton's tensor-core dot needs at least 16 rows; the batch is padded up to this.
@@ -155,15 +156,8 @@ def _mosaic_kernel(col_gmem, gain_gmem, spk_gmem, w_gmem, out_gmem, *, n_b: int,
       def context(run_pipeline):
         zero = plmgpu.layout_cast(jnp.zeros((wg_rows, tile), jnp.float32), plmgpu.Layout.WGMMA)
         cur = run_pipeline(zero)
-        plmgpu.wait_smem_to_gmem(0, wait_read_only=True)
-        for e in range(tile // epi_n):
-          out_smem[wg] = cur[:, e * epi_n:(e + 1) * epi_n].astype(out_gmem.dtype)
-          plmgpu.commit_smem()
-          plmgpu.copy_smem_to_gmem(
-              out_smem.at[wg],
-              out_gmem.at[pl.ds(b * cta_rows + wg * wg_rows, wg_rows),
-                          pl.ds(r * tile + e * epi_n, epi_n)])
-          plmgpu.wait_smem_to_gmem(0, wait_read_only=True)
+        mosaic.store_rows(cur, out_smem, out_gmem, wg, b * cta_rows + wg * wg_rows, r * tile,
+                          epi_n)
 
       def body(idxs, spk_smem, w_smem, cur):
         (k,) = idxs
@@ -182,11 +176,6 @@ def _mosaic_kernel(col_gmem, gain_gmem, spk_gmem, w_gmem, out_gmem, *, n_b: int,
   plmgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
-def _swizzled(minor_bytes: int, itemsize: int):
-  swizzle = plmgpu.find_swizzle(minor_bytes * 8)
-  return (plmgpu.TilingTransform((8, swizzle // itemsize)), plmgpu.SwizzleTransform(swizzle))
-
-
 def _propagate_mosaic(spk, w_RxKxTxT, col_RxK, gain_RxK, out_dtype, interpret):
   """Launch `_mosaic_kernel`; spk is already cast and padded to a multiple of
   MOSAIC_BLOCK_B rows."""
@@ -195,29 +184,13 @@ def _propagate_mosaic(spk, w_RxKxTxT, col_RxK, gain_RxK, out_dtype, interpret):
   itemsize = jnp.dtype(w_RxKxTxT.dtype).itemsize
   epi_n = min(64, t)
   out_itemsize = jnp.dtype(out_dtype).itemsize
-  # One SM per program on the GPU; a few programs in interpret mode (the loop is the same).
-  n_programs = 4 if interpret else jax.devices()[0].core_count
   kernel = functools.partial(
       _mosaic_kernel, n_b=b_pad // MOSAIC_BLOCK_B, k_slots=k_slots, tile=t,
-      steps=MOSAIC_STEPS, in_transforms=_swizzled(t * itemsize, itemsize),
-      out_transforms=_swizzled(epi_n * out_itemsize, out_itemsize), epi_n=epi_n)
-  return plmgpu.kernel(
-      kernel,
-      out_type=jax.ShapeDtypeStruct((b_pad, n), out_dtype),
-      grid=(n_programs,),
-      grid_names=("sm",),
-      num_threads=3,
-      thread_name="wg",
-      compiler_params=plmgpu.CompilerParams(
-          lowering_semantics=plmgpu.LoweringSemantics.Warpgroup),
-      interpret=plmgpu.InterpretGPUParams() if interpret else False,
-  )(col_RxK.astype(jnp.int32), gain_RxK.astype(jnp.float32), spk,
-    w_RxKxTxT.reshape(r * k_slots * t, t))
-
-
-def _is_hopper() -> bool:
-  device = jax.devices()[0]
-  return device.platform == "gpu" and str(getattr(device, "compute_capability", "")).startswith("9.")
+      steps=MOSAIC_STEPS, in_transforms=mosaic.swizzled(t * itemsize, itemsize),
+      out_transforms=mosaic.swizzled(epi_n * out_itemsize, out_itemsize), epi_n=epi_n)
+  return mosaic.persistent_call(kernel, jax.ShapeDtypeStruct((b_pad, n), out_dtype), interpret)(
+      col_RxK.astype(jnp.int32), gain_RxK.astype(jnp.float32), spk,
+      w_RxKxTxT.reshape(r * k_slots * t, t))
 
 
 def _mosaic_unfit(w_RxKxTxT: jax.Array, interpret: bool) -> str:

@@ -37,7 +37,7 @@ from jax._src.state.discharge import run_state
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plmgpu
 
-from neurogen_jax.pallas import propagate
+from neurogen_jax.pallas import mosaic, propagate
 
 # Neurons per epilogue chunk: 6 bfloat16 state/sum arrays + q + drive ([64, 32] each) and
 # the float32 read sum per warpgroup fit beside a 2-stage ring of 64 KB stages.
@@ -56,7 +56,7 @@ _STATE = ("v", "i", "a", "tr", "post", "spikes")
 def _swizzle(cols: int, dtype):
   """The TMA tiling and swizzle of rows of `cols` values (the propagation kernel's)."""
   itemsize = jnp.dtype(dtype).itemsize
-  return propagate._swizzled(cols * itemsize, itemsize)
+  return mosaic.swizzled(cols * itemsize, itemsize)
 
 
 def _kernel(col_gmem, gain_gmem, spk_gmem, w_gmem, drive_gmem, gate_gmem, vec_gmem, flags_gmem,
