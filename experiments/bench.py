@@ -34,6 +34,7 @@ from absl import app, flags
 from neurogen_jax import brain, learning
 from neurogen_jax.config import BrainConfig
 from neurogen_jax.pallas import neuron_update, propagate
+from neurogen_jax.pallas import plasticity as pallas_plasticity
 from neurogen_jax.plasticity import PlasticityConfig
 from experiments.timing import copy_bandwidth, device_op_times, hlo_op_sources
 
@@ -70,6 +71,10 @@ flags.DEFINE_string("fuse_propagation", "false", "comma-separated BrainConfig.fu
 flags.DEFINE_string("propagation_backend", "auto", "comma-separated BrainConfig."
                     "propagation_backend values (auto, triton, mosaic_gpu: the Pallas dense "
                     "propagation's lowering at B > 1; auto = mosaic_gpu on Hopper from 128 "
+                    "streams); each row gives the lowering that ran")
+flags.DEFINE_string("synapse_backend", "auto", "comma-separated BrainConfig.synapse_backend "
+                    "values (auto, triton, mosaic_gpu: the lowering of the per-token synapse "
+                    "update; auto = mosaic_gpu on Hopper when the factor groups have >= 128 "
                     "streams); each row gives the lowering that ran")
 flags.DEFINE_bool("find_max_batch", False, "double B (learning on, first of --impls) until it no "
                   "longer fits")
@@ -143,7 +148,9 @@ def bench_point(config: BrainConfig, batch: int, learn: bool, n_tokens: int, rep
     name = (f"{config.implementation}_B{batch}_learn{int(learn)}_unroll{config.tick_unroll}"
             f"_w{inference_dtype}_state{config.state_dtype}_spikes{config.spike_dtype}"
             f"_current{config.current_dtype}_fuse{int(config.fuse_propagation)}"
-            f"_readout{config.readout_matmul_dtype}_reads{len(config.readout_areas)}")
+            f"_readout{config.readout_matmul_dtype}_reads{len(config.readout_areas)}"
+            f"_prop{_propagation_backend(config, batch)}"
+            f"_syn{_synapse_backend(config, batch) if learn else None}")
     profile_point(fn, compiled.as_text(), os.path.join(profile_dir, name), ticks)
   return {"batch": batch, "learning": learn, "tokens_per_call": n_tokens,
           "implementation": config.implementation,
@@ -151,6 +158,7 @@ def bench_point(config: BrainConfig, batch: int, learn: bool, n_tokens: int, rep
           "scan_unroll": config.scan_unroll(batch, jax.default_backend()),
           "events_variant": _events_variant(config, batch),
           "propagation_backend": _propagation_backend(config, batch),
+          "synapse_backend": _synapse_backend(config, batch) if learn else None,
           "inference_dtype": None if learn else inference_dtype,
           "us_per_tick": sec / ticks * 1e6, "tokens_per_s": batch * n_tokens / sec,
           "compile_s": compile_s, "peak_bytes": stats.get("peak_bytes_in_use"),
@@ -190,6 +198,16 @@ def _propagation_backend(config: BrainConfig, batch: int) -> str | None:
   return propagate.choose_backend(batch, tiles)
 
 
+def _synapse_backend(config: BrainConfig, batch: int) -> str | None:
+  """The Pallas synapse update's lowering at this learning point (None: XLA)."""
+  if config.implementation != "pallas":
+    return None
+  if config.synapse_backend != "auto":
+    return config.synapse_backend
+  factor = jax.ShapeDtypeStruct((batch, config.num_neurons), PlasticityConfig().factor_dtype)
+  return pallas_plasticity.choose_synapse_backend([(factor, factor, None)], config.tile)
+
+
 def _events_variant(config: BrainConfig, batch: int) -> str | None:
   """The event kernel a point uses, or None (XLA, or B > 1: dense propagation)."""
   return config.events_variant if config.implementation == "pallas" and batch == 1 else None
@@ -216,6 +234,7 @@ def _report(r: dict, out) -> None:
         f"unroll={r['scan_unroll']:2d} events={variant:6s} w={weights:4s} "
         f"fuse={int(bool(r.get('fuse_propagation')))} "
         f"prop={r.get('propagation_backend') or '-'} "
+        f"syn={r.get('synapse_backend') or '-'} "
         f"{r['us_per_tick']:9.1f} us/tick "
         f"{r['tokens_per_s']:10.1f} tok/s  {floor}compile {r['compile_s']:.0f}s  "
         f"program {gib(r['program_bytes'])} GiB  peak {gib(r['peak_bytes'])} GiB", flush=True)
@@ -276,6 +295,7 @@ def main(argv):
   dtypes = FLAGS.inference_dtype.split(",")
   fuses = [_bool(f) for f in FLAGS.fuse_propagation.split(",")]
   backends = FLAGS.propagation_backend.split(",")
+  synapse_backends = FLAGS.synapse_backend.split(",")
   for impl in FLAGS.impls.split(","):
     base = BrainConfig(scale=FLAGS.scale, implementation=impl, **_dtypes())
     print(f"brain: {base.num_neurons} neurons, {base.num_synapses / 1e6:.1f}M synapses, "
@@ -285,13 +305,16 @@ def main(argv):
     for learn in [s == "on" for s in FLAGS.learning.split(",")]:
       for b in batches:
         done = set()  # (scan unroll, event kernel, dtype, fused, lowering) already measured
-        for unroll, variant, dtype, fuse, backend in itertools.product(
-            unrolls, variants, ["float32"] if learn else dtypes, fuses, backends):
+        for unroll, variant, dtype, fuse, backend, syn in itertools.product(
+            unrolls, variants, ["float32"] if learn else dtypes, fuses, backends,
+            synapse_backends if learn else ["auto"]):
           config = base.replace(tick_unroll=unroll, events_variant=variant,
-                                fuse_propagation=fuse, propagation_backend=backend)
+                                fuse_propagation=fuse, propagation_backend=backend,
+                                synapse_backend=syn)
           fused = fuse and impl == "pallas" and neuron_update.fused_block_b(b) > 0
           key = (config.scan_unroll(b, jax.default_backend()), _events_variant(config, b),
-                 dtype, fused, None if fused else _propagation_backend(config, b))
+                 dtype, fused, None if fused else _propagation_backend(config, b),
+                 _synapse_backend(config, b) if learn else None)
           if key in done:  # the same program as an earlier row (e.g. auto = 1 at B > 1)
             continue
           done.add(key)

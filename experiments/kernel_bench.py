@@ -118,10 +118,25 @@ def synapse_rows(rows, batch, col, w, gain, floor, iters, interp):
   ref = ref_fn(state(), groups, direct)
   measure(rows, "synapse_update", batch, "xla", ref_fn, (state(), groups, direct), ref, fl, iters,
           chain=True, note=note)
-  for block_t, warps in ((t, 8), (64, 8), (64, 4), (32, 4), (32, 8)):
-    fn = call(plasticity.synapse_update, block_t=block_t, num_warps=warps, **interp)
+  # (rows 32 and 4 warps measured slower on an H200, docs/results/kernel_synapse_h200_2026-12-01.md)
+  for block_t, warps in ((t, 8), (64, 8)):
+    fn = call(plasticity.synapse_update, block_t=block_t, num_warps=warps, backend="triton",
+              **interp)
     measure(rows, "synapse_update", batch, f"pallas-triton-rows{block_t}-w{warps}", fn,
             (state(), groups, direct), ref, fl, iters, chain=True, note=note)
+  if not (propagate._is_hopper() or interp["interpret"]) or t not in plasticity.OUTER_TILES:
+    return
+  # Hopper: the groups' GEMMs by the warp-specialised Mosaic GPU kernel (dW in float32),
+  # then the Triton kernel's rules on that dW; and the GEMM kernel alone.
+  fn = call(plasticity.synapse_update, backend="mosaic_gpu", **interp)
+  measure(rows, "synapse_update", batch, "pallas-mosaic_gpu+triton", fn,
+          (state(), groups, direct), ref, fl, iters, chain=True, note=note)
+  outer = jax.jit(lambda gs: plasticity.grouped_outer(gs, col, t, **interp))
+  outer_ref = jax.jit(lambda gs: plasticity._grouped_outer(gs, col, t))
+  gemm_flops = 2 * w.size * sum(g[0].shape[0] for g in groups)
+  measure(rows, "grouped_outer", batch, "pallas-mosaic_gpu", outer, (groups,), outer_ref(groups),
+          floor(w.size * 4 + factor_bytes), iters,
+          note=f"{gemm_flops / 1e9:.0f} GFLOP; dW float32 written")
 
 
 def main(argv):

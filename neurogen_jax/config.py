@@ -17,6 +17,8 @@ AREA_NAMES = ("thalamus", "wernicke", "broca", "hippocampus", "pfc", "basal_gang
 # The Pallas event-kernel variants (`pallas.events.propagate_events_pallas(variant=...)`).
 EVENTS_VARIANTS = ("tiles", "rows", "atomic")
 PROPAGATION_BACKENDS = ("auto", "triton", "mosaic_gpu")
+# The lowerings of the per-token synapse update (`pallas.plasticity.synapse_update`).
+SYNAPSE_BACKENDS = ("auto", "triton", "mosaic_gpu")
 PHASE_NAMES = ("sensation", "perception", "integration", "selection", "action")
 
 
@@ -24,7 +26,7 @@ PHASE_NAMES = ("sensation", "perception", "integration", "selection", "action")
 # resumes or loads under other values (e.g. trained with XLA on a CPU, resumed with Pallas on
 # a GPU; the implementations compute the same function, tests/test_pallas.py).
 EXECUTION_FIELDS = ("implementation", "tick_unroll", "events_variant", "fuse_propagation",
-                    "propagation_backend")
+                    "propagation_backend", "synapse_backend")
 
 
 def without_execution_fields(fields: Mapping[str, Any]) -> dict:
@@ -231,6 +233,13 @@ class BrainConfig:
   # on a Hopper GPU from 128 streams on (1.45x faster than Triton on an H200,
   # docs/KERNELS.md session 20), else Triton. "mosaic_gpu" needs a Hopper GPU.
   propagation_backend: Literal["auto", "triton", "mosaic_gpu"] = "auto"
+  # implementation="pallas": which lowering runs a token's per-synapse update
+  # (`pallas.plasticity.synapse_update`'s backend). "mosaic_gpu": the factor groups' GEMMs
+  # by a warp-specialised Mosaic GPU kernel (Hopper, bfloat16 factors, tile 128), the rules
+  # by the Triton kernel; "triton": all in one Triton kernel; "auto": mosaic_gpu on a
+  # Hopper GPU for 128 to 512 streams (measured 3.1% faster per tick at B = 256 on an
+  # H200, slower at 2,048: docs/KERNELS.md, session 22), else triton.
+  synapse_backend: Literal["auto", "triton", "mosaic_gpu"] = "auto"
 
   def __post_init__(self):
     names = [a.name for a in self.areas]
@@ -315,6 +324,9 @@ class BrainConfig:
     if self.propagation_backend not in PROPAGATION_BACKENDS:
       raise ValueError(f"propagation_backend must be one of {PROPAGATION_BACKENDS}, got "
                        f"{self.propagation_backend!r}")
+    if self.synapse_backend not in SYNAPSE_BACKENDS:
+      raise ValueError(f"synapse_backend must be one of {SYNAPSE_BACKENDS}, got "
+                       f"{self.synapse_backend!r}")
     if self.events_variant not in EVENTS_VARIANTS:
       raise ValueError(f"events_variant must be one of {EVENTS_VARIANTS}, got "
                        f"{self.events_variant!r}")

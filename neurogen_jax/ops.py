@@ -129,15 +129,17 @@ def synapse_update(w_RxKxTxT: jax.Array, early_RxKxTxT: jax.Array, tag_RxKxTxT: 
                    col_RxK: jax.Array, exc_N: jax.Array, f_2xN: jax.Array | None, groups,
                    direct_groups, dw_RxKxTxT: jax.Array | None, tag_thr: jax.Array,
                    capture: jax.Array, seed: jax.Array, rules: SynapseRules,
-                   implementation: Implementation = "xla"):
+                   implementation: Implementation = "xla", *, backend: str = "auto"):
   """One token's learning on every synapse: the factorised dW GEMMs, tagging and capture,
   scaling, the direct update, clip, statistics and bf16 rounding in one pass (see
-  `pallas.plasticity.synapse_update`) -> (w, early, tag, SynapseStats)."""
+  `pallas.plasticity.synapse_update`) -> (w, early, tag, SynapseStats).
+  backend: the Pallas lowering ("auto", "triton", "mosaic_gpu":
+  `BrainConfig.synapse_backend`); XLA ignores it."""
   _check(implementation)
   args = (w_RxKxTxT, early_RxKxTxT, tag_RxKxTxT, col_RxK, exc_N, f_2xN, groups, direct_groups,
           dw_RxKxTxT, tag_thr, capture, seed, rules)
   if implementation == "pallas":
-    return pallas_plasticity.synapse_update(*args)
+    return pallas_plasticity.synapse_update(*args, backend=backend)
   return synapse_update_reference(*args)
 
 

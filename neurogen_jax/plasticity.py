@@ -506,7 +506,8 @@ def apply(config: BrainConfig, pcfg: PlasticityConfig, params, bstate, pstate: P
   tiles, early, tag, sums = ops.synapse_update(
       params.tiles, pstate.early_W, pstate.tag_W, params.conn.col_RxK, exc_N, f_2xN,
       tuple(groups), tuple(direct), d_W, pcfg.tag_threshold * pstate.update_scale, capture,
-      _round_seed(pcfg, pstate.count), rules, config.implementation)
+      _round_seed(pcfg, pstate.count), rules, config.implementation,
+      backend=config.synapse_backend)
 
   size = params.tiles.size
   if pcfg.tagging:

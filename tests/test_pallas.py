@@ -21,7 +21,7 @@ from neurogen_jax import brain, ops
 from neurogen_jax import plasticity as rules_module
 from neurogen_jax.config import BrainConfig, tiny_config
 from neurogen_jax.neurons import NeuronState, alif_step
-from neurogen_jax.pallas import events, neuron_update, plasticity, propagate
+from neurogen_jax.pallas import events, mosaic, neuron_update, plasticity, propagate
 
 # (T, K, B): an orthogonal array over T in {16, 32, 128}, K in {1, 4, 8}, B in {1, 3, 16}:
 # every pair of values appears once, in 9 cases instead of 27.
@@ -327,6 +327,25 @@ SYNAPSE_CASES = [("all", 16, 8, 16), ("all", 128, 1, 1), ("half_rows_two_scaled"
 @pytest.mark.parametrize("variant,t,k,b", SYNAPSE_CASES,
                          ids=[f"{v}-T{t}-K{k}-B{b}" for v, t, k, b in SYNAPSE_CASES])
 def test_synapse_update_matches_reference(interpret, variant, t, k, b):
+  check_synapse_update(interpret, variant, t, k, b, "triton")
+
+
+# The Mosaic GPU backend (T = 128 only): B = 40 pads the e-prop group to one 128-row step and
+# the Hebbian group (3B = 120 rows) to another; the given dW adds to the kernel's.
+MOSAIC_SYNAPSE_CASES = [("all", 128, 2, 40), ("dw_given_f32", 128, 2, 40),
+                        ("half_rows_two_scaled", 128, 2, 50)]
+
+
+@pytest.mark.parametrize("variant,t,k,b", MOSAIC_SYNAPSE_CASES,
+                         ids=[f"{v}-T{t}-K{k}-B{b}" for v, t, k, b in MOSAIC_SYNAPSE_CASES])
+def test_synapse_update_mosaic_gpu_matches_reference(interpret, variant, t, k, b):
+  if not interpret and not mosaic.is_hopper():
+    pytest.skip("the mosaic_gpu synapse backend is Hopper-only (wgmma)")
+  check_synapse_update(interpret, variant, t, k, b, "mosaic_gpu")
+
+
+def check_synapse_update(interpret, variant, t, k, b, backend):
+  """`synapse_update` with `backend` against `synapse_update_reference` on one case."""
   rules, with_direct, dw_given, rows_div, hebb_scaled = SYNAPSE_VARIANTS[variant]
   w_dtype = jnp.bfloat16 if rules.stochastic_round else jnp.float32
   col, w, early, tag, exc, f, groups, direct = synapse_inputs(40 + t + k, t, k, b, w_dtype)
@@ -342,7 +361,7 @@ def test_synapse_update_matches_reference(interpret, variant, t, k, b):
           jnp.int32(123), rules)
   block_t = t // rows_div
   ref = plasticity.synapse_update_reference(*args, block_t=block_t)
-  out = plasticity.synapse_update(*args, block_t=block_t, interpret=interpret)
+  out = plasticity.synapse_update(*args, block_t=block_t, backend=backend, interpret=interpret)
   precision = "float32" if interpret else "tf32"
   # The new weights: in [0, w_max], moved, and equal to the reference's up to the GEMMs'
   # summation order (1 bf16 ulp where the rounding lands on the other side).
@@ -404,6 +423,99 @@ def test_hashed_stochastic_rounding_is_unbiased():
   exact = jnp.asarray([0.5, 1.0, 3.0], jnp.float32)  # bf16 values are kept as they are
   np.testing.assert_array_equal(
       plasticity.round_bf16_hashed(exact, jnp.arange(3, dtype=jnp.int32), jnp.int32(1)), exact)
+
+
+def test_grouped_outer_mosaic_gpu_matches_reference(interpret):
+  """The Mosaic GPU dW kernel: a scaled group of 200 rows (two 128-row steps, the second
+  part padding) and an unscaled one of 130; R = 4, K = 3: 12 tiles over 4 programs in
+  interpret mode (each walks three), a repeated pre block among them."""
+  if not interpret and not mosaic.is_hopper():
+    pytest.skip("the mosaic_gpu synapse backend is Hopper-only (wgmma)")
+  rng = np.random.default_rng(44)
+  t, k = 128, 3
+  col = rng.integers(0, NUM_BLOCKS, (NUM_BLOCKS, k))
+  col[0, 1] = col[0, 0]
+  col = jnp.asarray(col, jnp.int32)
+  factor = lambda rows: jnp.asarray(rng.standard_normal((rows, NUM_BLOCKS * t)), jnp.bfloat16)
+  groups = ((factor(200), factor(200), jnp.asarray(rng.uniform(-1, 1, (NUM_BLOCKS, k)),
+                                                    jnp.float32)),
+            (factor(130), factor(130), None))
+  ref = plasticity._grouped_outer(groups, col, t)
+  out = plasticity.grouped_outer(groups, col, t, interpret=interpret)
+  assert out.shape == (NUM_BLOCKS, k, t, t) and out.dtype == jnp.float32
+  # bfloat16 products summed in float32 (in another order): float32 rounding of 330 terms
+  assert_close(out, ref, "float32", 330, factor=16.0)
+  # each group really counts: without the second one the result moves by its full size
+  alone = plasticity._grouped_outer(groups[:1], col, t)
+  assert float(jnp.max(jnp.abs(out - alone))) > 10.0
+  # A scaled group alone in one 128-row step (padded to two: see `_outer_call`), and two
+  # scaled groups (the second in a launch of its own) beside an unscaled one.
+  scale = lambda: jnp.asarray(rng.uniform(-1, 1, (NUM_BLOCKS, k)), jnp.float32)
+  for gs in (((factor(100), factor(100), scale()),),
+             ((factor(100), factor(100), scale()), (factor(60), factor(60), scale()),
+              (factor(128), factor(128), None))):
+    assert_close(plasticity.grouped_outer(gs, col, t, interpret=interpret),
+                 plasticity._grouped_outer(gs, col, t), "float32", 300, factor=16.0)
+
+
+def test_synapse_backend_choice_and_refusals(monkeypatch):
+  col, w, early, tag, exc, f, groups, direct = synapse_inputs(45, 128, 2, 128)
+  args = (w, early, tag, col, exc, f, groups, direct, None, 0.3, 0.5, 1, plasticity.SynapseRules())
+  # Off Hopper (and in interpret mode, always) "auto" is Triton.
+  assert plasticity.choose_synapse_backend(groups, 128) == (
+      "mosaic_gpu" if mosaic.is_hopper() else "triton")
+  assert plasticity.choose_synapse_backend(groups, 128, interpret=True) == "triton"
+  monkeypatch.setattr(mosaic, "is_hopper", lambda: True)
+  assert plasticity.choose_synapse_backend(groups, 128) == "mosaic_gpu"
+  small = tuple((pre[:plasticity.OUTER_MIN_B - 1], post[:plasticity.OUTER_MIN_B - 1], s)
+                for pre, post, s in groups)
+  assert plasticity.choose_synapse_backend(small, 128) == "triton"  # mostly padding
+  big = jax.ShapeDtypeStruct((plasticity.OUTER_MAX_B + 1, NUM_BLOCKS * 128), jnp.bfloat16)
+  assert plasticity.choose_synapse_backend(((big, big, None),), 128) == "triton"
+  edge = jax.ShapeDtypeStruct((plasticity.OUTER_MAX_B, NUM_BLOCKS * 128), jnp.bfloat16)
+  assert plasticity.choose_synapse_backend(((edge, edge, None),), 128) == "mosaic_gpu"
+  f32 = tuple((pre.astype(jnp.float32), post, s) for pre, post, s in groups)
+  assert plasticity.choose_synapse_backend(f32, 128) == "triton"  # wgmma: bfloat16 factors
+  assert plasticity.choose_synapse_backend(groups, 64) == "triton"  # tiles of 128 only
+  assert plasticity.choose_synapse_backend((), 128) == "triton"  # no GEMM to run
+  with pytest.raises(ValueError, match="takes bfloat16 factors"):
+    plasticity.synapse_update(*args[:6], f32, *args[7:], backend="mosaic_gpu")
+  monkeypatch.setattr(mosaic, "is_hopper", lambda: False)
+  with pytest.raises(ValueError, match="needs a Hopper GPU"):
+    plasticity.synapse_update(*args, backend="mosaic_gpu")
+  with pytest.raises(ValueError, match="backend must be one of"):
+    plasticity.synapse_update(*args, backend="cuda")
+  with pytest.raises(ValueError, match="synapse_backend must be one of"):
+    tiny_config(synapse_backend="cuda")
+
+
+@pytest.mark.gpu
+def test_learning_with_mosaic_gpu_synapse_update_matches_triton():
+  """One learning chunk of a 128-neuron-tile brain at B = 128 on Pallas: the Mosaic GPU
+  synapse backend gives the Triton one's weights (up to a bfloat16 step where the float32
+  sums, taken in another order, round the other way), early components and loss."""
+  if not mosaic.is_hopper():
+    pytest.skip("the mosaic_gpu synapse backend is Hopper-only (wgmma)")
+  from neurogen_jax import learning
+  from neurogen_jax.plasticity import PlasticityConfig
+  base = tiny_config(implementation="pallas", tile=128)
+  pcfg = PlasticityConfig()
+  opt = learning.make_optimizer(1e-3)
+  toks = jax.random.randint(jax.random.PRNGKey(1), (128, 3), 0, base.vocab_size)
+  runs = []
+  for backend in ("triton", "mosaic_gpu"):
+    cfg = base.replace(synapse_backend=backend)
+    ts = learning.init_train_state(cfg, pcfg, opt, jax.random.PRNGKey(0), 128)
+    ts, out = learning.train_chunk(ts, toks, toks, config=cfg, pcfg=pcfg, optimizer=opt)
+    runs.append((ts, out))
+  (ts_t, out_t), (ts_m, out_m) = runs
+  w_t, w_m = (np.asarray(ts.params.tiles, np.float32) for ts in (ts_t, ts_m))
+  w_0 = np.asarray(learning.init_train_state(base, pcfg, opt, jax.random.PRNGKey(0), 128)
+                   .params.tiles, np.float32)
+  assert np.mean(w_t != w_0) > 0.01, "the chunk did not move the weights"
+  same = np.isclose(w_m, w_t, rtol=2.0**-7, atol=1e-6)
+  assert np.mean(same) > 0.999, f"weights agree on {np.mean(same):.5f}"
+  np.testing.assert_allclose(np.asarray(out_m.loss), np.asarray(out_t.loss), rtol=1e-3)
 
 
 def test_synapse_update_rejects_bad_shapes():

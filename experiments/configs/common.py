@@ -6,8 +6,8 @@ Sections (read by `neurogen_jax.train.Trainer`):
               the tokenizer), plus `phase_ticks`, the ticks of the five phases;
               implementation 'auto' (the default here) = the Pallas kernels on a GPU
               (unless mesh.model > 1), else XLA; the execution fields (implementation,
-              tick_unroll, events_variant, fuse_propagation, propagation_backend) may
-              change on resume
+              tick_unroll, events_variant, fuse_propagation, propagation_backend,
+              synapse_backend) may change on resume
   plasticity: every PlasticityConfig field (switches and rates of the local rules)
   data:       files (local .txt/.jsonl/.jsonl.zst/.parquet: glob, comma list or directory;
               empty = `dataset_name`), dataset_name ('shakespeare' = the default corpus,

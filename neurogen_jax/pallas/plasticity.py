@@ -21,7 +21,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plmgpu
 from jax.experimental.pallas import triton as plgpu
+
+from neurogen_jax.pallas import mosaic
 
 def mixed_operand(x: jax.Array) -> jax.Array:
   """Operand for a bf16 x bf16 -> f32 dot: XLA:CPU has no such dot, so upcast there only
@@ -154,6 +157,186 @@ def tile_update(w_RxKxTxT: jax.Array, pre_BxN: jax.Array, post_BxN: jax.Array, c
                w_RxKxTxT.dtype, block_b=block_b, interpret=interpret)
 
 
+# ------------------------------------------------------------------ dW on Hopper's tensor cores
+#
+# `grouped_outer` forms sum_g scale_g[r, k] tile_outer(pre_g, post_g) with a persistent,
+# warp-specialised Mosaic GPU kernel (the structure of `propagate._mosaic_kernel`): one
+# program per SM walks the tiles (r, k), k fastest (so the programs running together share
+# post block r through L2); a memory warpgroup streams the (pre block, post block) pairs of
+# 128 batch rows into a shared-memory ring by TMA, the pre block's column read from col[r, k];
+# two compute warpgroups each multiply the transposed pre columns of their 64 pre neurons
+# with the post block (wgmma) into float32 accumulators held over the tile, one for the
+# unscaled groups and one for the scaled group, whose scale[r, k] the epilogue applies.
+# On an H200 it runs at 280-345 TFLOP/s, bound by the L2 -> shared memory traffic (each
+# 128 x 128 product step loads 64 KB; docs/KERNELS.md, session 22).
+
+OUTER_BLOCK_B = 128  # batch rows per pipeline step (the wgmma contraction)
+OUTER_WG_ROWS = 64   # pre neurons (tile rows) per compute warpgroup
+OUTER_STEPS = 3      # ring depth: 3 x (2 x 128 x 128 bf16) = 192 KB of shared memory
+OUTER_TILES = (2 * OUTER_WG_ROWS,)  # the tile size the kernel takes
+OUTER_DTYPES = (jnp.dtype(jnp.bfloat16),)
+# "auto" takes the Mosaic GPU kernel when every group has at least this many rows (fewer
+# would be mostly padding of the 128-row steps).
+OUTER_MIN_B = 128
+# ... and at most this many: in the learning step on an H200 it was faster at B = 256
+# (-3.1%) and 512 (-1.2%); at 2,048 the pair of kernels took 3.9 ms a token against the
+# one Triton kernel's 3.1-3.3 (1,024 not measured with these rules; docs/KERNELS.md s22).
+OUTER_MAX_B = 512
+SYNAPSE_BACKENDS = ("auto", "triton", "mosaic_gpu")
+
+
+def _outer_kernel(col_gmem, scale_gmem, pre_gmem, post_gmem, out_gmem, *,
+                  k_slots: int, tile: int, steps: int, scaled_steps: int, in_transforms,
+                  out_transforms, epi_n: int):
+  """Mosaic GPU body: out[(r*K + k)*T + t, u] = sum_b pre[b, col[r,k]*T + t] post[b, r*T + u]
+  over the stacked rows b, those of the first `scaled_steps` 128-row steps (the scaled
+  group) times scale[r, k].
+
+  Each compute warpgroup keeps two wgmma accumulators for the whole tile (the unscaled
+  groups' and the scaled group's), so consecutive steps' wgmmas overlap (one in flight:
+  each ring slot is released a step late); the scale is applied once, in the epilogue."""
+  wg_rows, block_b = OUTER_WG_ROWS, OUTER_BLOCK_B
+  n_steps = pre_gmem.shape[0] // block_b
+
+  def pipeline(body, context, r, k):
+    spec = lambda index_map: plmgpu.BlockSpec((block_b, tile), index_map,
+                                              transforms=in_transforms, delay_release=1,
+                                              memory_space=plmgpu.SMEM)
+    return plmgpu.emit_pipeline_warp_specialized(
+        body, grid=(n_steps,), memory_registers=40,
+        in_specs=[spec(lambda s: (s, col_gmem[r, k])), spec(lambda s: (s, r))],
+        wg_axis="wg", num_compute_wgs=2, max_concurrent_steps=steps, compute_context=context)
+
+  ignore = lambda *_, **__: None
+
+  @functools.partial(
+      pl.run_scoped,
+      allocations=pipeline(ignore, ignore, 0, 0).get_allocations(pre_gmem, post_gmem),
+      out_smem=plmgpu.SMEM((2, wg_rows, epi_n), out_gmem.dtype, transforms=out_transforms),
+      collective_axes="wg")
+  def _scope(allocations, out_smem):
+    wg = jax.lax.axis_index("wg")
+
+    @plmgpu.nd_loop((col_gmem.shape[0] * k_slots,), collective_axes="sm")
+    def _tiles(info):
+      (lin,) = info.index
+      r, k = lin // k_slots, lin % k_slots
+
+      def context(run_pipeline):
+        def with_accs(acc_u, acc_s):
+          run_pipeline((acc_u, acc_s))
+          plmgpu.wgmma_wait(0)  # the last step's product (the body leaves one in flight)
+          dw = acc_u[...]
+          if scaled_steps:
+            dw = dw + acc_s[...] * scale_gmem[r, k]
+          mosaic.store_rows(dw, out_smem, out_gmem, wg, lin * tile + wg * wg_rows, 0, epi_n)
+
+        acc = plmgpu.ACC((wg_rows, tile), jnp.float32)
+        pl.run_scoped(with_accs, acc, acc if scaled_steps else None)
+
+      def body(idxs, pre_smem, post_smem, accs):
+        (s,) = idxs
+
+        def product(acc_ref):
+          for w in range(2):  # static column slices: this warpgroup's 64 pre neurons
+            @pl.when(wg == w)
+            def _():
+              pre_t = pre_smem.at[:, pl.ds(w * wg_rows, wg_rows)].transpose((1, 0))
+              plmgpu.wgmma(acc_ref, pre_t, post_smem)
+
+        acc_u, acc_s = accs
+        if scaled_steps == 0:
+          product(acc_u)
+        elif scaled_steps == n_steps:
+          product(acc_s)
+        else:
+          pl.when(s < scaled_steps)(lambda: product(acc_s))
+          pl.when(s >= scaled_steps)(lambda: product(acc_u))
+        plmgpu.wgmma_wait(1)
+        return accs
+
+      pipeline(body, context, r, k)(pre_gmem, post_gmem, allocations=allocations)
+
+
+def _outer_unfit(groups, tile: int, interpret: bool) -> str:
+  """Why the Mosaic GPU kernel cannot form these groups' dW here ("" if it can)."""
+  if tile not in OUTER_TILES:
+    return f"the mosaic_gpu synapse backend takes tiles of {OUTER_TILES} neurons, got T = {tile}"
+  dtypes = {jnp.dtype(x.dtype) for pre, post, _ in groups for x in (pre, post)}
+  if not dtypes <= set(OUTER_DTYPES):
+    return (f"the mosaic_gpu synapse backend takes bfloat16 factors, got "
+            f"{sorted(str(d) for d in dtypes)}")
+  if not interpret and not mosaic.is_hopper():
+    return (f"the mosaic_gpu synapse backend needs a Hopper GPU (wgmma; compute capability "
+            f"9.x), this is {jax.devices()[0].device_kind}")
+  return ""
+
+
+def grouped_outer(groups, col_RxK: jax.Array, tile: int, *, interpret: bool = False) -> jax.Array:
+  """sum over groups (pre_BxN, post_BxN, scale_RxK or None) of scale[r, k] *
+  tile_outer(pre, post) -> [R, K, T, T] float32, on Hopper's tensor cores (Mosaic GPU;
+  `_grouped_outer` is the same in jnp). bfloat16 factors, T = 128; each group's rows are
+  padded to a multiple of 128 (zero rows add nothing) and the groups stacked: the unscaled
+  groups (scale None) and one scaled group in one kernel call, each further scaled group
+  in a call of its own (training has one: e-prop's)."""
+  r, k_slots = col_RxK.shape
+  if not groups:
+    raise ValueError("grouped_outer: no factor groups")
+  if why := _outer_unfit(groups, tile, interpret):
+    raise ValueError(f"grouped_outer: {why}; use the triton synapse backend.")
+  for pre, post, _ in groups:
+    if pre.shape != (pre.shape[0], r * tile) or post.shape != pre.shape:
+      raise ValueError(f"grouped_outer: factors {pre.shape}, {post.shape} must be [B, {r * tile}]")
+  scaled = [g for g in groups if g[2] is not None]
+  unscaled = [g for g in groups if g[2] is None]
+  calls = [(scaled[:1], unscaled)] + [([g], []) for g in scaled[1:]]
+  total = None
+  for scaled_part, unscaled_part in calls:
+    out = _outer_call(scaled_part[0] if scaled_part else None, unscaled_part, col_RxK, tile,
+                      interpret)
+    total = out if total is None else total + out
+  return total.reshape(r, k_slots, tile, tile)
+
+
+def _outer_call(scaled, unscaled, col_RxK, tile, interpret):
+  """One `_outer_kernel` launch: the scaled group's rows first (`scaled` = (pre, post,
+  scale_RxK) or None), then the unscaled groups'; -> [R*K*T, T] float32."""
+  r, k_slots = col_RxK.shape
+  pad = lambda x: jnp.pad(x, ((0, -x.shape[0] % OUTER_BLOCK_B), (0, 0)))
+  parts = ([scaled] if scaled is not None else []) + list(unscaled)
+  pre_SBxN = jnp.concatenate([pad(pre) for pre, _, _ in parts])
+  post_SBxN = jnp.concatenate([pad(post) for _, post, _ in parts])
+  if pre_SBxN.shape[0] == OUTER_BLOCK_B:
+    # A second, zero step: with one step, emit_pipeline_warp_specialized shrinks its ring to
+    # one slot, which a slot released a step late (delay_release=1) cannot use (jax 0.11.2
+    # checks the ring depth before shrinking it; measured wrong sums in interpret mode).
+    pre_SBxN, post_SBxN = (jnp.pad(x, ((0, OUTER_BLOCK_B), (0, 0))) for x in (pre_SBxN, post_SBxN))
+  scaled_steps = 0 if scaled is None else pl.cdiv(scaled[0].shape[0], OUTER_BLOCK_B)
+  scale_RxK = jnp.broadcast_to(jnp.asarray(1.0 if scaled is None else scaled[2], jnp.float32),
+                               (r, k_slots))
+  itemsize = jnp.dtype(OUTER_DTYPES[0]).itemsize
+  epi_n = 64
+  kernel = functools.partial(
+      _outer_kernel, k_slots=k_slots, tile=tile, scaled_steps=scaled_steps, steps=OUTER_STEPS,
+      in_transforms=mosaic.swizzled(tile * itemsize, itemsize),
+      out_transforms=mosaic.swizzled(epi_n * 4, 4), epi_n=epi_n)
+  out_type = jax.ShapeDtypeStruct((r * k_slots * tile, tile), jnp.float32)
+  return mosaic.persistent_call(kernel, out_type, interpret)(
+      col_RxK.astype(jnp.int32), scale_RxK, pre_SBxN, post_SBxN)
+
+
+def choose_synapse_backend(groups, tile: int, interpret: bool = False) -> str:
+  """The lowering "auto" stands for: "mosaic_gpu" (the groups' GEMMs by `grouped_outer`,
+  the rules by the Triton kernel) on a Hopper GPU, compiled, when the factors and tile fit
+  (`_outer_unfit`) and every group has OUTER_MIN_B to OUTER_MAX_B rows; else "triton"
+  (one kernel)."""
+  rows = [pre.shape[0] for pre, _, _ in groups]
+  if (not interpret and rows and min(rows) >= OUTER_MIN_B and max(rows) <= OUTER_MAX_B
+      and not _outer_unfit(groups, tile, interpret)):
+    return "mosaic_gpu"
+  return "triton"
+
+
 # ------------------------------------------------------------------ the whole per-token update
 #
 # `synapse_update` applies one token's learning to every synapse in one pass over the tiles:
@@ -168,6 +351,10 @@ def tile_update(w_RxKxTxT: jax.Array, pre_BxN: jax.Array, post_BxN: jax.Array, c
 SYNAPSE_BLOCK_T = 128
 SYNAPSE_NUM_WARPS = 8
 SYNAPSE_NUM_STAGES = 4
+# ... and for the rules alone (dW given, no factor groups: the mosaic_gpu backend): 32 rows,
+# 4 warps (H200, B = 256: 534 us against 739 with 128 rows and 8 warps).
+RULES_BLOCK_T = 32
+RULES_NUM_WARPS = 4
 
 
 class SynapseRules(NamedTuple):
@@ -384,7 +571,7 @@ def _synapse_kernel(*refs, rules: SynapseRules, groups: tuple, num_direct: int, 
 def synapse_update(w_RxKxTxT, early_RxKxTxT, tag_RxKxTxT, col_RxK, exc_N, f_2xN, groups,
                    direct_groups, dw_RxKxTxT, tag_thr, capture, seed, rules: SynapseRules, *,
                    block_t: int | None = None, num_warps: int | None = None,
-                   interpret: bool = False):
+                   backend: str = "auto", interpret: bool = False):
   """One token's learning on every synapse in one pass (Pallas; `synapse_update_reference`
   is the same in jnp).
 
@@ -398,11 +585,27 @@ def synapse_update(w_RxKxTxT, early_RxKxTxT, tag_RxKxTxT, col_RxK, exc_N, f_2xN,
   `direct_groups` (same form) are added to w after that, then w is clipped to [0, w_max]
   and, with `rules.stochastic_round`, rounded to bf16 with `hash32` bits from `seed`.
 
+  backend: "triton" runs all of it in one Triton kernel; "mosaic_gpu" (Hopper, bfloat16
+  factors, T = 128) forms the groups' dW first with `grouped_outer` (warp-specialised
+  wgmma, float32 dW in HBM) and gives it to the Triton kernel as `dw_RxKxTxT` for the
+  rules, launched with RULES_BLOCK_T rows and RULES_NUM_WARPS warps unless block_t /
+  num_warps say otherwise; "auto" (default) is `choose_synapse_backend`. The same function
+  either way (the float32 sums in another order).
+
   Returns (w, early, tag, SynapseStats); w, early and tag alias their inputs' buffers.
   tag_thr, capture: float32 scalars; seed: int32 scalar. early/tag may be empty arrays
   when `rules.tagging` is off.
   """
   r, k_slots, tile, _ = w_RxKxTxT.shape
+  if backend not in SYNAPSE_BACKENDS:
+    raise ValueError(f"synapse_update: backend must be one of {SYNAPSE_BACKENDS}, got {backend!r}")
+  if backend == "auto":
+    backend = choose_synapse_backend(groups, tile, interpret)
+  if backend == "mosaic_gpu" and groups:
+    dw = grouped_outer(groups, col_RxK, tile, interpret=interpret)
+    dw_RxKxTxT = dw if dw_RxKxTxT is None else dw + dw_RxKxTxT.astype(jnp.float32)
+    groups = ()
+    block_t, num_warps = block_t or RULES_BLOCK_T, num_warps or RULES_NUM_WARPS
   n = r * tile
   block_t = block_t or min(tile, SYNAPSE_BLOCK_T)
   num_warps = num_warps or SYNAPSE_NUM_WARPS
