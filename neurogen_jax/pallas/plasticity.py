@@ -6,9 +6,11 @@ w <- clip(w + scale * dW, w_min, w_max), so the float32 dW never goes to memory.
 
 `synapse_update` is what training runs: a token's whole per-synapse learning (several
 factor groups' GEMMs, tagging and capture, scaling, a direct update, clip, statistics,
-stochastic rounding to bf16) in one pass; see the section below.
+stochastic rounding to bf16) in one pass; see the section below. On Hopper its "mosaic_gpu"
+backend forms the groups' GEMMs first with `grouped_outer`, a warp-specialised Mosaic GPU
+kernel, and leaves the Triton kernel the rules.
 
-The Pallas kernels run one program per (tile slot k, post block r), k fastest so that
+The Triton kernels run one program per (tile slot k, post block r), k fastest so that
 the K programs of one r, which share the post block, run side by side; each loops over
 the batch in chunks, loading the pre block of `col[r,k]` by a dynamic slice.
 """
@@ -179,8 +181,9 @@ OUTER_DTYPES = (jnp.dtype(jnp.bfloat16),)
 # would be mostly padding of the 128-row steps).
 OUTER_MIN_B = 128
 # ... and at most this many: in the learning step on an H200 it was faster at B = 256
-# (-3.1%) and 512 (-1.2%); at 2,048 the pair of kernels took 3.9 ms a token against the
-# one Triton kernel's 3.1-3.3 (1,024 not measured with these rules; docs/KERNELS.md s22).
+# (-3.1 to -3.6%) and 512 (-1.2%); at 2,048 the GEMM kernel alone (2.9 ms a token) takes
+# about what the one Triton kernel does (3.1-3.3), rules included (1,024 not measured;
+# docs/KERNELS.md, session 22).
 OUTER_MAX_B = 512
 SYNAPSE_BACKENDS = ("auto", "triton", "mosaic_gpu")
 
