@@ -363,12 +363,13 @@ def test_implementation_auto_and_resume_across_implementations(monkeypatch):
   saved = signature(implementation="xla")
   assert train_lib.signature_differences(
       saved, signature(implementation="pallas", tick_unroll=5, fuse_propagation=True,
-                       propagation_backend="mosaic_gpu")) == []
+                       propagation_backend="mosaic_gpu", synapse_backend="triton")) == []
   assert train_lib.signature_differences(saved, signature(state_dtype="bfloat16")) == [
       "brain_config.state_dtype: checkpoint 'float32', now 'bfloat16'"]
   # A checkpoint from before a field existed: the field counts at its default.
   old = json.loads(json.dumps(saved))
   del old["brain_config"]["fuse_propagation"], old["brain_config"]["current_dtype"]
+  del old["brain_config"]["synapse_backend"]  # new in session 22
   assert train_lib.signature_differences(old, saved) == []
   assert train_lib.signature_differences(old, signature(current_dtype="bfloat16")) == [
       "brain_config.current_dtype: checkpoint 'float32', now 'bfloat16'"]

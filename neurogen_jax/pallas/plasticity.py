@@ -286,7 +286,8 @@ def grouped_outer(groups, col_RxK: jax.Array, tile: int, *, interpret: bool = Fa
   if not groups:
     raise ValueError("grouped_outer: no factor groups")
   if why := _outer_unfit(groups, tile, interpret):
-    raise ValueError(f"grouped_outer: {why}; use the triton synapse backend.")
+    raise ValueError(f"grouped_outer: {why}; use synapse backend 'triton' or 'auto' "
+                     f"(BrainConfig.synapse_backend).")
   for pre, post, _ in groups:
     if pre.shape != (pre.shape[0], r * tile) or post.shape != pre.shape:
       raise ValueError(f"grouped_outer: factors {pre.shape}, {post.shape} must be [B, {r * tile}]")
