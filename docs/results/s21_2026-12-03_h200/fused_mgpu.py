@@ -240,22 +240,12 @@ def propagate_tick(q_BxN, w_RxKxTxT, col_RxK, gain_RxK, v_BxN, i_BxN, a_BxN, tr_
   r, k_slots, t, _ = w_RxKxTxT.shape
   vec_PxRxN, flags_PxFxNb, phase = rows
   g_pad = max(8, pl.next_power_of_2(max(n_groups, 1)))
-  n_programs = 4 if interpret else jax.devices()[0].core_count
   kernel = functools.partial(
       _kernel, n_b=b // BLOCK_B, k_slots=k_slots, tile=t, n_groups=n_groups,
       constants=constants, width=constants.width, chunk=chunk, nbuf=nbuf, steps=steps)
-  call = plmgpu.kernel(
-      kernel,
-      out_type=(jax.ShapeDtypeStruct((b, n), STATE_DTYPE),
-                jax.ShapeDtypeStruct((r, g_pad, b), jnp.float32)),
-      grid=(n_programs,),
-      grid_names=("sm",),
-      num_threads=3,
-      thread_name="wg",
-      compiler_params=plmgpu.CompilerParams(
-          lowering_semantics=plmgpu.LoweringSemantics.Warpgroup),
-      interpret=plmgpu.InterpretGPUParams() if interpret else False,
-  )
+  call = mosaic.persistent_call(
+      kernel, (jax.ShapeDtypeStruct((b, n), STATE_DTYPE),
+               jax.ShapeDtypeStruct((r, g_pad, b), jnp.float32)), interpret)
   ins = (col_RxK.astype(jnp.int32), gain_RxK.astype(jnp.float32), q_BxN.astype(STATE_DTYPE),
          w_RxKxTxT.reshape(r * k_slots * t, t), drive_BxN, gate_B.astype(jnp.float32), vec_PxRxN,
          flags_PxFxNb, jnp.reshape(phase, (1,)).astype(jnp.int32))
