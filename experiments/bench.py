@@ -74,8 +74,8 @@ flags.DEFINE_string("propagation_backend", "auto", "comma-separated BrainConfig.
                     "streams); each row gives the lowering that ran")
 flags.DEFINE_string("synapse_backend", "auto", "comma-separated BrainConfig.synapse_backend "
                     "values (auto, triton, mosaic_gpu: the lowering of the per-token synapse "
-                    "update; auto = mosaic_gpu on Hopper when the factor groups have >= 128 "
-                    "streams); each row gives the lowering that ran")
+                    "update; auto = mosaic_gpu on Hopper for 128-512 streams); each row gives "
+                    "the lowering that ran")
 flags.DEFINE_bool("find_max_batch", False, "double B (learning on, first of --impls) until it no "
                   "longer fits")
 flags.DEFINE_integer("max_batch_start", 256, "first B of --find_max_batch")
@@ -304,7 +304,8 @@ def main(argv):
           f"{base.readout_matmul_dtype}, read areas {','.join(base.readout_areas)}", flush=True)
     for learn in [s == "on" for s in FLAGS.learning.split(",")]:
       for b in batches:
-        done = set()  # (scan unroll, event kernel, dtype, fused, lowering) already measured
+        # (scan unroll, event kernel, dtype, fused, propagation and synapse lowerings) measured
+        done = set()
         for unroll, variant, dtype, fuse, backend, syn in itertools.product(
             unrolls, variants, ["float32"] if learn else dtypes, fuses, backends,
             synapse_backends if learn else ["auto"]):

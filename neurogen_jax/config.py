@@ -237,7 +237,7 @@ class BrainConfig:
   # (`pallas.plasticity.synapse_update`'s backend). "mosaic_gpu": the factor groups' GEMMs
   # by a warp-specialised Mosaic GPU kernel (Hopper, bfloat16 factors, tile 128), the rules
   # by the Triton kernel; "triton": all in one Triton kernel; "auto": mosaic_gpu on a
-  # Hopper GPU for 128 to 512 streams (measured 3.1% faster per tick at B = 256 on an
+  # Hopper GPU for 128 to 512 streams (measured 3.1-3.6% faster per tick at B = 256 on an
   # H200, slower at 2,048: docs/KERNELS.md, session 22), else triton.
   synapse_backend: Literal["auto", "triton", "mosaic_gpu"] = "auto"
 

@@ -493,7 +493,7 @@ def test_synapse_backend_choice_and_refusals(monkeypatch):
 def test_learning_with_mosaic_gpu_synapse_update_matches_triton():
   """One learning chunk of a 128-neuron-tile brain at B = 128 on Pallas: the Mosaic GPU
   synapse backend gives the Triton one's weights (up to a bfloat16 step where the float32
-  sums, taken in another order, round the other way), early components and loss."""
+  sums, taken in another order, round the other way) and loss."""
   if not mosaic.is_hopper():
     pytest.skip("the mosaic_gpu synapse backend is Hopper-only (wgmma)")
   from neurogen_jax import learning

@@ -289,7 +289,7 @@ def grouped_outer(groups, col_RxK: jax.Array, tile: int, *, interpret: bool = Fa
     raise ValueError(f"grouped_outer: {why}; use synapse backend 'triton' or 'auto' "
                      f"(BrainConfig.synapse_backend).")
   for pre, post, _ in groups:
-    if pre.shape != (pre.shape[0], r * tile) or post.shape != pre.shape:
+    if pre.ndim != 2 or pre.shape[1] != r * tile or post.shape != pre.shape:
       raise ValueError(f"grouped_outer: factors {pre.shape}, {post.shape} must be [B, {r * tile}]")
   scaled = [g for g in groups if g[2] is not None]
   unscaled = [g for g in groups if g[2] is None]
